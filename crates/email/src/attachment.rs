@@ -169,7 +169,7 @@ impl Attachment {
             Some((t, s))
                 if valid_token(t)
                     && valid_token(s)
-                    && !ct.bytes().any(|b| b >= 0x7f || b < 0x20) => {}
+                    && ct.bytes().all(|b| (0x20..0x7f).contains(&b)) => {}
             _ => {
                 return Err(Error::InvalidValue {
                     field: "attachment content type".into(),
