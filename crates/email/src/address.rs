@@ -323,7 +323,10 @@ impl fmt::Display for Mailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.name {
             None => write!(f, "{}", self.address),
-            Some(n) if n.bytes().all(|b| is_atext(b) || b == b' ') => {
+            Some(n)
+                if n.chars()
+                    .all(|c| !c.is_ascii() || is_atext(c as u8) || c == ' ') =>
+            {
                 write!(f, "{n} <{}>", self.address)
             }
             Some(n) => {

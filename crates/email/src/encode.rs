@@ -154,27 +154,26 @@ pub(crate) fn mime_param(out: &mut Vec<u8>, key: &str, value: &str) {
         out.push(b'"');
         return;
     }
-    let mut encoded = String::with_capacity(value.len() * 3);
-    for &c in value.as_bytes() {
-        if c.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&c) {
-            encoded.push(c as char);
+    // Percent-encode character by character and cut only between
+    // characters: decoders differ on whether continuations are joined before
+    // or after charset decoding, so no character may straddle two pieces.
+    let mut pieces: Vec<String> = vec![String::new()];
+    let mut buf = [0u8; 4];
+    for ch in value.chars() {
+        let mut enc = String::with_capacity(12);
+        for &c in ch.encode_utf8(&mut buf).as_bytes() {
+            if c.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&c) {
+                enc.push(c as char);
+            } else {
+                enc.push_str(&format!("%{c:02X}"));
+            }
+        }
+        let last = pieces.last_mut().expect("never empty");
+        if !last.is_empty() && last.len() + enc.len() > 60 {
+            pieces.push(enc);
         } else {
-            encoded.push_str(&format!("%{c:02X}"));
+            last.push_str(&enc);
         }
-    }
-    // Cut only between %XX escapes so each continuation decodes on its own.
-    let mut pieces = Vec::new();
-    let mut rest = encoded.as_str();
-    while !rest.is_empty() {
-        let mut end = rest.len().min(60);
-        while end < rest.len()
-            && (rest.as_bytes()[end - 1] == b'%'
-                || rest.as_bytes().get(end.wrapping_sub(2)) == Some(&b'%'))
-        {
-            end -= 1;
-        }
-        pieces.push(&rest[..end]);
-        rest = &rest[end..];
     }
     for (i, piece) in pieces.iter().enumerate() {
         out.extend_from_slice(b";\r\n\t");

@@ -24,10 +24,10 @@ use std::io::Read;
 use mail_parser::decoders::base64::base64_decode;
 use mail_parser::decoders::quoted_printable::quoted_printable_decode;
 use mail_parser::{
-    Encoding, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+    Encoding, HeaderName, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
 };
 
-use crate::address::{Address, Mailbox};
+use crate::address::{Address, IntoMailboxes, Mailbox};
 use crate::attachment::Attachment;
 use crate::builder::{normalise_msg_id, normalise_newlines};
 use crate::email::Email;
@@ -52,7 +52,17 @@ impl Email {
             .position(|b| !b.is_ascii_whitespace())
             .ok_or(ParseError::Empty)?;
         let raw = &raw[start..];
-        let msg = MessageParser::default()
+        // Headers without a parser of their own are unstructured text:
+        // decode RFC 2047 in them, as mail clients do, rather than keeping
+        // raw encoded words. (mail-parser only applies the default to
+        // unknown headers once some header is mapped explicitly.)
+        let msg = MessageParser::new()
+            .with_mime_headers()
+            .with_date_headers()
+            .with_address_headers()
+            .with_message_ids()
+            .header_address(HeaderName::ListUnsubscribe)
+            .default_header_text()
             .parse(raw)
             .ok_or(ParseError::NotAMessage("no header section"))?;
         if msg.root_part().headers.is_empty() {
@@ -98,9 +108,13 @@ fn headers(msg: &Message<'_>, email: &mut Email) {
             "bcc" => mailboxes(&h.value).map(|v| email.bcc.extend(v)),
             "reply-to" => mailboxes(&h.value).map(|v| email.reply_to.extend(v)),
             "sender" => first_mailbox(&h.value).map(|m| email.sender = Some(m)),
-            "disposition-notification-to" => {
-                first_mailbox(&h.value).map(|m| email.read_receipt = Some(m))
-            }
+            // Not an address header to mail-parser: parse the decoded text.
+            "disposition-notification-to" => h
+                .value
+                .as_text()
+                .and_then(|t| t.into_mailboxes("read-receipt").ok())
+                .and_then(|v| v.into_iter().next())
+                .map(|m| email.read_receipt = Some(m)),
             "subject" => h.value.as_text().map(|s| email.subject = Some(clean(s))),
             "date" => h
                 .value
@@ -155,9 +169,7 @@ fn clean(s: &str) -> String {
                 c
             }
         })
-        .collect::<String>()
-        .trim()
-        .to_owned()
+        .collect()
 }
 
 fn mailboxes(v: &HeaderValue<'_>) -> Option<Vec<Mailbox>> {
