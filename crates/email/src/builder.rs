@@ -176,7 +176,17 @@ impl EmailBuilder {
         self
     }
     /// Attaches a file; its content type is guessed from the extension.
-    /// A read error is returned by [`build`](Self::build).
+    /// A read error is returned by [`build`](Self::build), naming the path.
+    ///
+    /// ```
+    /// let err = email::Email::builder()
+    ///     .from("ann@example.com")
+    ///     .to("bob@example.com")
+    ///     .attach_file("/no/such/report.pdf")
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().starts_with("attachment \"/no/such/report.pdf\""));
+    /// ```
     pub fn attach_file(mut self, path: impl AsRef<Path>) -> Self {
         match Attachment::from_path(path) {
             Ok(a) => self.email.attachments.push(a),
@@ -199,11 +209,36 @@ impl EmailBuilder {
         self.attach(Attachment::inline(filename, data))
     }
     /// Asks for a read receipt (`Disposition-Notification-To`, RFC 8098).
+    ///
+    /// ```
+    /// let e = email::Email::builder()
+    ///     .from("ann@example.com")
+    ///     .to("bob@example.com")
+    ///     .read_receipt("Ann <receipts@example.com>")
+    ///     .build()?;
+    /// let raw = String::from_utf8(e.to_bytes()).unwrap();
+    /// assert!(raw.contains("Disposition-Notification-To: Ann <receipts@example.com>\r\n"));
+    /// # Ok::<(), email::Error>(())
+    /// ```
     pub fn read_receipt(mut self, to: impl IntoMailboxes) -> Self {
         self.email.read_receipt = self.one("read-receipt", to);
         self
     }
     /// Sets `In-Reply-To` (and adds the id to `References`, as replies do).
+    ///
+    /// ```
+    /// let reply = email::Email::builder()
+    ///     .from("bob@example.com")
+    ///     .to("ann@example.com")
+    ///     .subject("Re: Lunch?")
+    ///     .references("<thread-root@example.com>")
+    ///     .in_reply_to("<lunch-1@example.com>")
+    ///     .text("Yes!")
+    ///     .build()?;
+    /// assert_eq!(reply.in_reply_to(), ["<lunch-1@example.com>"]);
+    /// assert_eq!(reply.references(), ["<thread-root@example.com>", "<lunch-1@example.com>"]);
+    /// # Ok::<(), email::Error>(())
+    /// ```
     pub fn in_reply_to(mut self, message_id: &str) -> Self {
         if let Some(id) = self.msg_id("in-reply-to", message_id) {
             if !self.email.references.contains(&id) {
@@ -230,6 +265,19 @@ impl EmailBuilder {
     /// One-click unsubscribe (RFC 8058): adds the `https:` URI to
     /// `List-Unsubscribe` and sends `List-Unsubscribe-Post:
     /// List-Unsubscribe=One-Click`.
+    ///
+    /// ```
+    /// let news = email::Email::builder()
+    ///     .from("news@example.com")
+    ///     .to("ann@example.com")
+    ///     .one_click_unsubscribe("https://example.com/unsub?u=ann")
+    ///     .list_unsubscribe("mailto:unsub@example.com?subject=ann")
+    ///     .text("This week...")
+    ///     .build()?;
+    /// let raw = String::from_utf8(news.to_bytes()).unwrap();
+    /// assert!(raw.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
+    /// # Ok::<(), email::Error>(())
+    /// ```
     pub fn one_click_unsubscribe(mut self, https_uri: &str) -> Self {
         if !https_uri.starts_with("https://") {
             self.record(Err(Error::InvalidValue {
