@@ -34,7 +34,9 @@ use crate::error::{Error, check_no_ctl};
 pub struct Attachment {
     filename: Option<String>,
     content_type: String,
-    data: Arc<[u8]>,
+    // `Arc<Vec<u8>>` rather than `Arc<[u8]>`: wrapping a Vec moves it,
+    // converting it to a slice would copy a possibly huge attachment.
+    data: Arc<Vec<u8>>,
     content_id: Option<String>,
     inline: bool,
 }
@@ -49,7 +51,7 @@ impl Attachment {
         Attachment {
             filename: Some(filename),
             content_type,
-            data: Arc::from(data.into()),
+            data: Arc::new(data.into()),
             content_id: None,
             inline: false,
         }
@@ -146,7 +148,7 @@ impl Attachment {
         Attachment {
             filename,
             content_type,
-            data: Arc::from(data),
+            data: Arc::new(data),
             content_id,
             inline,
         }

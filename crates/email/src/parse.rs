@@ -56,7 +56,7 @@ impl Email {
         // decode RFC 2047 in them, as mail clients do, rather than keeping
         // raw encoded words. (mail-parser only applies the default to
         // unknown headers once some header is mapped explicitly.)
-        let msg = MessageParser::new()
+        let mut msg = MessageParser::new()
             .with_mime_headers()
             .with_date_headers()
             .with_address_headers()
@@ -71,7 +71,7 @@ impl Email {
         let mut email = Email::default();
         headers(&msg, &mut email);
         let mut walk = Walk {
-            msg: &msg,
+            msg: &mut msg,
             email: &mut email,
             visited: 0,
         };
@@ -218,7 +218,9 @@ fn uris(v: &HeaderValue<'_>) -> Option<Vec<String>> {
 }
 
 struct Walk<'a, 'x> {
-    msg: &'a Message<'x>,
+    /// Mutable so that decoded attachment bytes can be moved out rather
+    /// than copied: a 10 MB attachment should exist once, not three times.
+    msg: &'a mut Message<'x>,
     email: &'a mut Email,
     visited: usize,
 }
@@ -229,18 +231,28 @@ impl Walk<'_, '_> {
         if self.visited > MAX_PARTS {
             return;
         }
-        let Some(part) = self.msg.part(id) else {
+        let idx = id as usize;
+        if let Some(PartType::Binary(b) | PartType::InlineBinary(b)) =
+            self.msg.parts.get_mut(idx).map(|p| &mut p.body)
+        {
+            let data = std::mem::take(b).into_owned();
+            let a = attachment(&self.msg.parts[idx], data);
+            self.email.attachments.push(a);
+            return;
+        }
+        if let Some(PartType::Multipart(children)) = self.msg.parts.get(idx).map(|p| &p.body) {
+            for child in children.clone() {
+                self.part(child);
+            }
+            return;
+        }
+        let Some(part) = self.msg.parts.get(idx) else {
             return;
         };
         let disposition = part.content_disposition();
         let is_attachment =
             disposition.is_some_and(|d| d.is_attachment()) || part.attachment_name().is_some();
         match &part.body {
-            PartType::Multipart(children) => {
-                for &child in children {
-                    self.part(child);
-                }
-            }
             PartType::Text(t) if !is_attachment && self.email.text.is_none() && is_plain(part) => {
                 self.email.text = Some(normalise_newlines(t.to_string()));
             }
@@ -249,14 +261,20 @@ impl Walk<'_, '_> {
             }
             PartType::Text(_) | PartType::Html(_) => {
                 let data = undo_transfer_encoding(self.msg, part);
-                self.attachment(part, data);
+                self.email.attachments.push(attachment(part, data));
             }
-            PartType::Binary(b) | PartType::InlineBinary(b) => self.attachment(part, b.to_vec()),
-            PartType::Message(m) => self.attachment(part, m.raw_message().to_vec()),
+            PartType::Message(m) => {
+                let data = m.raw_message().to_vec();
+                self.email.attachments.push(attachment(part, data));
+            }
+            // Handled above, before the part was borrowed.
+            PartType::Multipart(_) | PartType::Binary(_) | PartType::InlineBinary(_) => {}
         }
     }
+}
 
-    fn attachment(&mut self, part: &MessagePart<'_>, data: Vec<u8>) {
+fn attachment(part: &MessagePart<'_>, data: Vec<u8>) -> Attachment {
+    {
         let content_type = match part.content_type() {
             Some(ct) => match ct.subtype() {
                 Some(sub) => format!("{}/{}", ct.ctype(), sub).to_ascii_lowercase(),
@@ -282,13 +300,7 @@ impl Walk<'_, '_> {
             })
             .filter(|c| !c.is_empty());
         let filename = part.attachment_name().map(clean);
-        self.email.attachments.push(Attachment::from_parts(
-            filename,
-            content_type,
-            data,
-            content_id,
-            inline,
-        ));
+        Attachment::from_parts(filename, content_type, data, content_id, inline)
     }
 }
 

@@ -62,11 +62,11 @@ fn estimate(email: &Email) -> usize {
 }
 
 fn tree(email: &Email) -> Part<'_> {
-    let html_has_inline = email.html.is_some();
+    let has_html = email.html.is_some();
     let (inline, others): (Vec<&Attachment>, Vec<&Attachment>) = email
         .attachments
         .iter()
-        .partition(|a| html_has_inline && a.is_inline() && a.content_id().is_some());
+        .partition(|a| has_html && a.is_inline() && a.content_id().is_some());
     let html = email.html.as_deref().map(|h| {
         let html = Part::Text(h, "text/html");
         if inline.is_empty() {
