@@ -371,6 +371,11 @@ impl EmailBuilder {
     }
 }
 
+/// Whether the builder writes this header itself.
+pub(crate) fn is_reserved(name: &str) -> bool {
+    RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name))
+}
+
 /// Turns CRLF and lone CR into LF: the in-memory form of every text body.
 pub(crate) fn normalise_newlines(s: String) -> String {
     if !s.contains('\r') {
@@ -395,7 +400,7 @@ fn check_header_name(name: &str) -> Result<(), Error> {
     if name.len() > 76 {
         return bad("longer than 76 characters");
     }
-    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+    if is_reserved(name) {
         return Err(Error::ReservedHeader { name: name.into() });
     }
     Ok(())

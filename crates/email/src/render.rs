@@ -22,6 +22,7 @@ use jiff::tz::TimeZone;
 
 use crate::address::Mailbox;
 use crate::attachment::Attachment;
+use crate::builder::is_reserved;
 use crate::email::Email;
 use crate::encode::{
     base64_lines, encoded_words, mime_param, phrase, quoted_printable, unstructured_header,
@@ -131,7 +132,10 @@ fn headers(out: &mut Vec<u8>, e: &Email) {
     if e.list_unsubscribe_post {
         out.extend_from_slice(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
     }
-    for (name, value) in &e.headers {
+    // A parsed email can carry headers with names the builder owns (a From
+    // that did not parse, say). They are never written back: a stray Bcc
+    // must not leak, and the typed fields are the truth.
+    for (name, value) in e.headers.iter().filter(|(n, _)| !is_reserved(n)) {
         unstructured_header(out, name, value);
     }
     out.extend_from_slice(b"MIME-Version: 1.0\r\n");

@@ -19,25 +19,20 @@
 //! # Ok::<(), email::ParseError>(())
 //! ```
 
+use std::borrow::Cow;
 use std::io::Read;
 
-use mail_parser::decoders::base64::base64_decode;
-use mail_parser::decoders::quoted_printable::quoted_printable_decode;
-use mail_parser::{
-    Encoding, HeaderName, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
-};
+mod body;
+
+use mail_parser::{HeaderName, HeaderValue, Message, MessageParser};
 
 use crate::address::{Address, IntoMailboxes, Mailbox};
-use crate::attachment::Attachment;
-use crate::builder::{normalise_msg_id, normalise_newlines};
+use crate::builder::normalise_msg_id;
 use crate::email::Email;
 use crate::error::ParseError;
 
 /// Default limit for [`Email::from_reader`]: 64 MiB.
 pub const DEFAULT_READ_LIMIT: u64 = 64 << 20;
-
-/// Most MIME parts we walk; a message with more is parsed up to here.
-const MAX_PARTS: usize = 10_000;
 
 impl Email {
     /// Parses a message from bytes.
@@ -51,7 +46,18 @@ impl Email {
             .iter()
             .position(|b| !b.is_ascii_whitespace())
             .ok_or(ParseError::Empty)?;
-        let raw = &raw[start..];
+        let mut raw = Cow::Borrowed(&raw[start..]);
+        // Input that ends inside the header section would lose its last
+        // header; give it the blank line it is missing.
+        if !contains(&raw, b"\n\r\n") && !contains(&raw, b"\n\n") {
+            let mut owned = raw.into_owned();
+            if !owned.ends_with(b"\n") {
+                owned.extend_from_slice(b"\r\n");
+            }
+            owned.extend_from_slice(b"\r\n");
+            raw = Cow::Owned(owned);
+        }
+        let raw: &[u8] = &raw;
         // Headers without a parser of their own are unstructured text:
         // decode RFC 2047 in them, as mail clients do, rather than keeping
         // raw encoded words. (mail-parser only applies the default to
@@ -70,12 +76,7 @@ impl Email {
         }
         let mut email = Email::default();
         headers(&msg, &mut email);
-        let mut walk = Walk {
-            msg: &mut msg,
-            email: &mut email,
-            visited: 0,
-        };
-        walk.part(0);
+        body::walk(&mut msg, &mut email);
         Ok(email)
     }
 
@@ -95,6 +96,10 @@ impl Email {
         }
         Email::parse(&raw)
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn headers(msg: &Message<'_>, email: &mut Email) {
@@ -178,14 +183,12 @@ fn mailboxes(v: &HeaderValue<'_>) -> Option<Vec<Mailbox>> {
         HeaderValue::Empty => return Some(Vec::new()),
         _ => return None,
     };
+    // All or nothing: one entry without a valid address (a bare name, an
+    // unterminated quote, `<>`) keeps the whole header verbatim instead.
     list.iter()
-        .filter_map(|a| {
-            let addr = a.address.as_deref()?;
-            Some(
-                Address::new(addr.trim())
-                    .and_then(|ad| Mailbox::new(a.name.as_deref().map(clean).as_deref(), ad))
-                    .ok(),
-            )
+        .map(|a| {
+            let addr = Address::new(a.address.as_deref()?.trim()).ok()?;
+            Mailbox::new(a.name.as_deref().map(clean).as_deref(), addr).ok()
         })
         .collect()
 }
@@ -215,114 +218,4 @@ fn uris(v: &HeaderValue<'_>) -> Option<Vec<String>> {
             .collect(),
         _ => None,
     }
-}
-
-struct Walk<'a, 'x> {
-    /// Mutable so that decoded attachment bytes can be moved out rather
-    /// than copied: a 10 MB attachment should exist once, not three times.
-    msg: &'a mut Message<'x>,
-    email: &'a mut Email,
-    visited: usize,
-}
-
-impl Walk<'_, '_> {
-    fn part(&mut self, id: u32) {
-        self.visited += 1;
-        if self.visited > MAX_PARTS {
-            return;
-        }
-        let idx = id as usize;
-        if let Some(PartType::Binary(b) | PartType::InlineBinary(b)) =
-            self.msg.parts.get_mut(idx).map(|p| &mut p.body)
-        {
-            let data = std::mem::take(b).into_owned();
-            let a = attachment(&self.msg.parts[idx], data);
-            self.email.attachments.push(a);
-            return;
-        }
-        if let Some(PartType::Multipart(children)) = self.msg.parts.get(idx).map(|p| &p.body) {
-            for child in children.clone() {
-                self.part(child);
-            }
-            return;
-        }
-        let Some(part) = self.msg.parts.get(idx) else {
-            return;
-        };
-        let disposition = part.content_disposition();
-        let is_attachment =
-            disposition.is_some_and(|d| d.is_attachment()) || part.attachment_name().is_some();
-        match &part.body {
-            PartType::Text(t) if !is_attachment && self.email.text.is_none() && is_plain(part) => {
-                self.email.text = Some(normalise_newlines(t.to_string()));
-            }
-            PartType::Html(h) if !is_attachment && self.email.html.is_none() => {
-                self.email.html = Some(normalise_newlines(h.to_string()));
-            }
-            PartType::Text(_) | PartType::Html(_) => {
-                let data = undo_transfer_encoding(self.msg, part);
-                self.email.attachments.push(attachment(part, data));
-            }
-            PartType::Message(m) => {
-                let data = m.raw_message().to_vec();
-                self.email.attachments.push(attachment(part, data));
-            }
-            // Handled above, before the part was borrowed.
-            PartType::Multipart(_) | PartType::Binary(_) | PartType::InlineBinary(_) => {}
-        }
-    }
-}
-
-fn attachment(part: &MessagePart<'_>, data: Vec<u8>) -> Attachment {
-    {
-        let content_type = match part.content_type() {
-            Some(ct) => match ct.subtype() {
-                Some(sub) => format!("{}/{}", ct.ctype(), sub).to_ascii_lowercase(),
-                None => ct.ctype().to_ascii_lowercase(),
-            },
-            None if matches!(part.body, PartType::Message(_)) => "message/rfc822".into(),
-            None => "text/plain".into(),
-        };
-        let inline = match part.content_disposition() {
-            Some(d) => d.is_inline(),
-            None => matches!(
-                part.body,
-                PartType::InlineBinary(_) | PartType::Text(_) | PartType::Html(_)
-            ),
-        };
-        let content_id = part
-            .content_id()
-            .map(|c| {
-                c.trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_owned()
-            })
-            .filter(|c| !c.is_empty());
-        let filename = part.attachment_name().map(clean);
-        Attachment::from_parts(filename, content_type, data, content_id, inline)
-    }
-}
-
-fn is_plain(part: &MessagePart<'_>) -> bool {
-    part.content_type().is_none_or(|ct| {
-        ct.ctype().eq_ignore_ascii_case("text")
-            && ct.subtype().is_none_or(|s| s.eq_ignore_ascii_case("plain"))
-    })
-}
-
-/// The original bytes of a text part that is an attachment: mail-parser has
-/// already converted it to a UTF-8 string, which would alter a file in
-/// another charset, so decode the transfer encoding from the raw body.
-fn undo_transfer_encoding(msg: &Message<'_>, part: &MessagePart<'_>) -> Vec<u8> {
-    let raw = msg
-        .raw_message()
-        .get(part.offset_body as usize..part.offset_end as usize)
-        .unwrap_or(b"");
-    let decoded = match part.encoding {
-        Encoding::Base64 => base64_decode(raw),
-        Encoding::QuotedPrintable => quoted_printable_decode(raw),
-        Encoding::None => Some(raw.to_vec()),
-    };
-    decoded.unwrap_or_else(|| part.contents().to_vec())
 }
