@@ -67,14 +67,28 @@ fn folded_plain(out: &mut Vec<u8>, value: &str, mut col: usize) {
     }
 }
 
-/// Writes `value` as a run of `=?utf-8?b?...?=` words, one per line after
-/// the first. Whitespace between adjacent encoded words is ignored by
-/// decoders (RFC 2047 §6.2), so the text comes back exactly, spaces included.
+/// Writes `value` as a run of `=?utf-8?b?...?=` words, each preceded by a
+/// space, folding so that no line passes 76 characters (RFC 2047 §2): the
+/// first word shares the current line if it fits. Whitespace between
+/// adjacent encoded words is ignored by decoders (RFC 2047 §6.2), so the
+/// text comes back exactly, spaces included.
 pub(crate) fn encoded_words(out: &mut Vec<u8>, value: &str) {
-    for (i, chunk) in utf8_chunks(value, WORD_BYTES).enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b"\r\n");
+    // " =?utf-8?b?" and "?=" take 13 of the 76 characters.
+    const OVERHEAD: usize = 13;
+    let mut rest = value;
+    while !rest.is_empty() {
+        let room = 76usize.saturating_sub(line_len(out) + OVERHEAD) / 4 * 3;
+        let mut end = rest.len().min(room.min(WORD_BYTES));
+        while !rest.is_char_boundary(end) {
+            end -= 1;
         }
+        if end == 0 {
+            // Not even one character fits on this line: fold first.
+            out.extend_from_slice(b"\r\n");
+            continue;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
         out.extend_from_slice(b" =?utf-8?b?");
         let start = out.len();
         out.resize(start + chunk.len().div_ceil(3) * 4, 0);
@@ -86,22 +100,12 @@ pub(crate) fn encoded_words(out: &mut Vec<u8>, value: &str) {
     }
 }
 
-/// Splits a string into chunks of at most `max` bytes, never inside a
-/// character.
-fn utf8_chunks(s: &str, max: usize) -> impl Iterator<Item = &[u8]> {
-    let mut rest = s;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut end = rest.len().min(max);
-        while !rest.is_char_boundary(end) {
-            end -= 1;
-        }
-        let (head, tail) = rest.split_at(end);
-        rest = tail;
-        Some(head.as_bytes())
-    })
+/// Length of the line being written: bytes since the last line break.
+pub(crate) fn line_len(out: &[u8]) -> usize {
+    match out.iter().rposition(|&b| b == b'\n') {
+        Some(p) => out.len() - p - 1,
+        None => out.len(),
+    }
 }
 
 /// A display name as a header phrase: bare atoms when that is safe, a quoted
@@ -289,6 +293,11 @@ mod tests {
         let mut out = Vec::new();
         unstructured_header(&mut out, "Subject", "Grüße aus Köln");
         assert_eq!(s(out), "Subject: =?utf-8?b?R3LDvMOfZSBhdXMgS8O2bG4=?=\r\n");
+        let mut out = Vec::new();
+        unstructured_header(&mut out, "X-A-Rather-Long-Header-Name", &"ü".repeat(100));
+        for line in s(out).split("\r\n") {
+            assert!(line.len() <= 76, "{line}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::attachment::Attachment;
 use crate::builder::is_reserved;
 use crate::email::Email;
 use crate::encode::{
-    base64_lines, encoded_words, mime_param, phrase, quoted_printable, unstructured_header,
+    base64_lines, line_len, mime_param, phrase, quoted_printable, unstructured_header,
 };
 
 enum Part<'a> {
@@ -152,6 +152,9 @@ fn mailboxes(out: &mut Vec<u8>, name: &str, list: &[Mailbox]) {
         match m.name() {
             Some(n) => {
                 phrase(out, n);
+                if line_len(out) + m.address().as_str().len() + 3 > 76 {
+                    out.extend_from_slice(b"\r\n");
+                }
                 out.extend_from_slice(b" <");
                 out.extend_from_slice(m.address().as_str().as_bytes());
                 out.push(b'>');
@@ -199,6 +202,10 @@ impl Renderer {
                 self.next_boundary += 1;
                 self.out.extend_from_slice(b"Content-Type: multipart/");
                 self.out.extend_from_slice(sub.as_bytes());
+                if *sub == "related" {
+                    // RFC 2387 §3.1: the type of the root part is required.
+                    self.out.extend_from_slice(b"; type=\"text/html\"");
+                }
                 self.out.extend_from_slice(b";\r\n\tboundary=\"");
                 self.out.extend_from_slice(boundary.as_bytes());
                 self.out.extend_from_slice(b"\"\r\n\r\n");
@@ -223,19 +230,9 @@ impl Renderer {
         out.extend_from_slice(b"Content-Type: ");
         out.extend_from_slice(a.content_type().as_bytes());
         if let Some(name) = a.filename() {
-            // `name=` is the pre-MIME-2231 spelling some clients still read;
-            // encoded words in it are a widespread convention, not a standard.
-            if name.is_ascii() && !name.contains('"') && !name.contains('\\') && name.len() <= 60 {
-                mime_param(out, "name", name);
-            } else {
-                out.extend_from_slice(b";\r\n\tname=\"");
-                let before = out.len();
-                encoded_words(out, name);
-                if out.get(before) == Some(&b' ') {
-                    out.remove(before);
-                }
-                out.extend_from_slice(b"\"");
-            }
+            // `name=` is the older spelling that some clients still read
+            // instead of the disposition's `filename=`.
+            mime_param(out, "name", name);
         }
         out.extend_from_slice(b"\r\nContent-Transfer-Encoding: base64\r\n");
         out.extend_from_slice(if a.is_inline() {
