@@ -72,7 +72,9 @@ mod builder;
 mod email;
 mod encode;
 mod error;
+mod mailer;
 mod parse;
+pub mod queue;
 mod render;
 
 pub use address::{Address, IntoMailboxes, Mailbox};
@@ -80,4 +82,6 @@ pub use attachment::Attachment;
 pub use builder::EmailBuilder;
 pub use email::{Email, Envelope};
 pub use error::{Error, ParseError};
+pub use mailer::{FlushReport, IntoDelay, Mailer, MailerError, SendOptions};
 pub use parse::DEFAULT_READ_LIMIT;
+pub use queue::EmailId;
