@@ -68,6 +68,7 @@
 mod address;
 mod attachment;
 mod builder;
+pub mod config;
 #[allow(clippy::module_inception)]
 mod email;
 mod encode;

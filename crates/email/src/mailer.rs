@@ -128,6 +128,9 @@ pub enum MailerError {
         /// Why.
         reason: String,
     },
+    /// An envelope address given alongside a raw message is invalid.
+    #[error(transparent)]
+    Invalid(#[from] crate::Error),
     /// The email has no From or no recipients (possible for a parsed one).
     #[error("the email has no envelope: it needs a From and at least one recipient")]
     NoEnvelope,
@@ -137,6 +140,9 @@ pub enum MailerError {
         /// The buffer's capacity.
         capacity: usize,
     },
+    /// The configuration asks for something this build cannot do yet.
+    #[error("not supported yet: {0}")]
+    Unsupported(&'static str),
     /// The buffer's writer has stopped (the runtime is shutting down).
     #[error("the mailer's buffer is closed")]
     BufferClosed,
@@ -177,9 +183,35 @@ impl Mailer {
         Ok(Mailer::new(Queue::Embedded(Embedded::open(path).await?)))
     }
 
+    /// The mailer the configuration describes: its `email.queue.default`
+    /// and, when `email.buffer` is above 0, a buffer of that size.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (config, _source) = email::config::Config::discover(None)?;
+    /// let mailer = email::Mailer::from_config(&config).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_config(config: &crate::config::Config) -> Result<Mailer, MailerError> {
+        let queue = config.email.queue();
+        let mailer = match queue.engine {
+            crate::config::QueueEngine::Embedded => Mailer::embedded(&queue.path).await?,
+            crate::config::QueueEngine::Redis => {
+                return Err(MailerError::Unsupported("the redis queue engine (issue 4)"));
+            }
+        };
+        Ok(match config.email.buffer {
+            0 => mailer,
+            n => mailer.buffered(n),
+        })
+    }
+
     /// A durable mailer on any queue.
     pub fn new(queue: Queue) -> Mailer {
-        Mailer { queue, buffer: None }
+        Mailer {
+            queue,
+            buffer: None,
+        }
     }
 
     /// Turns this mailer into a buffered one holding up to `capacity`
@@ -204,11 +236,16 @@ impl Mailer {
     /// Sends as soon as possible. Returns the id once the email is durable
     /// (buffered: once it is in the buffer).
     pub async fn enqueue(&self, email: &Email) -> Result<EmailId, MailerError> {
-        self.enqueue_with(email, None, &SendOptions::default()).await
+        self.enqueue_with(email, None, &SendOptions::default())
+            .await
     }
 
     /// Sends after `delay`: a [`Duration`] or a string like `"5m"`.
-    pub async fn send_later(&self, email: &Email, delay: impl IntoDelay) -> Result<EmailId, MailerError> {
+    pub async fn send_later(
+        &self,
+        email: &Email,
+        delay: impl IntoDelay,
+    ) -> Result<EmailId, MailerError> {
         let delay = delay.into_delay()?;
         let at = Timestamp::now()
             .checked_add(delay)
@@ -216,12 +253,14 @@ impl Mailer {
                 value: format!("{delay:?}"),
                 reason: e.to_string(),
             })?;
-        self.enqueue_with(email, Some(at), &SendOptions::default()).await
+        self.enqueue_with(email, Some(at), &SendOptions::default())
+            .await
     }
 
     /// Sends at `at`. A time in the past means now; it is not an error.
     pub async fn send_at(&self, email: &Email, at: Timestamp) -> Result<EmailId, MailerError> {
-        self.enqueue_with(email, Some(at), &SendOptions::default()).await
+        self.enqueue_with(email, Some(at), &SendOptions::default())
+            .await
     }
 
     /// Sends at `at` (or now) with per-email options.
@@ -231,7 +270,67 @@ impl Mailer {
         at: Option<Timestamp>,
         options: &SendOptions,
     ) -> Result<EmailId, MailerError> {
-        let queued = prepare(email, at, options)?;
+        let envelope = email.envelope().ok_or(MailerError::NoEnvelope)?;
+        let queued = prepare_parts(
+            envelope.mail_from.as_str().to_owned(),
+            envelope
+                .rcpt_to
+                .iter()
+                .map(|a| a.as_str().to_owned())
+                .collect(),
+            email.to_bytes(),
+            email,
+            at,
+            options,
+        );
+        self.store(queued).await
+    }
+
+    /// Enqueues a ready-made message byte for byte (`email-server send
+    /// --eml`). The envelope is `mail_from` / `rcpt_to` when given, else it
+    /// comes from the message's own headers (`parsed`, the same bytes
+    /// parsed: Sender or From; To, Cc and Bcc).
+    pub async fn enqueue_raw(
+        &self,
+        raw: &[u8],
+        parsed: &Email,
+        mail_from: Option<&str>,
+        rcpt_to: &[String],
+        at: Option<Timestamp>,
+        options: &SendOptions,
+    ) -> Result<EmailId, MailerError> {
+        let headers = parsed.envelope();
+        let from = match mail_from {
+            Some(f) => crate::Mailbox::parse_for("from", f)?
+                .address()
+                .as_str()
+                .to_owned(),
+            None => headers
+                .as_ref()
+                .ok_or(MailerError::NoEnvelope)?
+                .mail_from
+                .as_str()
+                .to_owned(),
+        };
+        let rcpt: Vec<String> = if rcpt_to.is_empty() {
+            let env = headers.as_ref().ok_or(MailerError::NoEnvelope)?;
+            env.rcpt_to.iter().map(|a| a.as_str().to_owned()).collect()
+        } else {
+            let mut v = Vec::new();
+            for r in rcpt_to {
+                for m in crate::IntoMailboxes::into_mailboxes(r.as_str(), "to")? {
+                    v.push(m.address().as_str().to_owned());
+                }
+            }
+            v
+        };
+        let mut queued = prepare_parts(from, rcpt, raw.to_vec(), parsed, at, options);
+        let mut seen = std::collections::HashSet::new();
+        queued.rcpt_to.retain(|r| seen.insert(r.clone()));
+        self.store(queued).await
+    }
+
+    async fn store(&self, queued: Queued) -> Result<EmailId, MailerError> {
         match &self.buffer {
             None => {
                 let ids = self.queue.insert(std::slice::from_ref(&queued)).await?;
@@ -239,12 +338,15 @@ impl Mailer {
             }
             Some(buffer) => {
                 let id = queued.id;
-                buffer.tx.try_send(Msg::Email(Box::new(queued))).map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => MailerError::BufferFull {
-                        capacity: buffer.tx.max_capacity(),
-                    },
-                    mpsc::error::TrySendError::Closed(_) => MailerError::BufferClosed,
-                })?;
+                buffer
+                    .tx
+                    .try_send(Msg::Email(Box::new(queued)))
+                    .map_err(|e| match e {
+                        mpsc::error::TrySendError::Full(_) => MailerError::BufferFull {
+                            capacity: buffer.tx.max_capacity(),
+                        },
+                        mpsc::error::TrySendError::Closed(_) => MailerError::BufferClosed,
+                    })?;
                 Ok(id)
             }
         }
@@ -275,26 +377,34 @@ impl Mailer {
     }
 }
 
-/// Renders the email once and wraps it with its envelope and schedule.
-fn prepare(email: &Email, at: Option<Timestamp>, o: &SendOptions) -> Result<Queued, MailerError> {
-    let envelope = email.envelope().ok_or(MailerError::NoEnvelope)?;
+/// Wraps a rendered message with its envelope and schedule.
+fn prepare_parts(
+    mail_from: String,
+    rcpt_to: Vec<String>,
+    raw: Vec<u8>,
+    email: &Email,
+    at: Option<Timestamp>,
+    o: &SendOptions,
+) -> Queued {
     let now = Timestamp::now().as_millisecond();
     let due = at.map_or(now, |t| t.as_millisecond().max(now));
-    Ok(Queued {
+    Queued {
         id: uuid::Uuid::now_v7(),
         created_at_ms: now,
         due_at_ms: due,
-        mail_from: envelope.mail_from.as_str().to_owned(),
-        rcpt_to: envelope.rcpt_to.iter().map(|a| a.as_str().to_owned()).collect(),
-        raw: email.to_bytes(),
+        mail_from,
+        rcpt_to,
+        raw,
         subject: email.subject().map(str::to_owned),
         message_id: email.message_id().map(str::to_owned),
         idempotency_key: o.idempotency_key.clone(),
         priority: o.priority,
         max_fails: o.max_fails,
-        max_time_ms: o.max_time.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        max_time_ms: o
+            .max_time
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         tags: o.tags.clone(),
-    })
+    }
 }
 
 /// The buffered mailer's background writer: drains the channel in batches,
@@ -328,7 +438,12 @@ async fn writer(queue: Queue, mut rx: mpsc::Receiver<Msg>, failures: Arc<AtomicU
     }
 }
 
-async fn write_batch(queue: &Queue, batch: &[Queued], report: &mut FlushReport, failures: &AtomicU64) {
+async fn write_batch(
+    queue: &Queue,
+    batch: &[Queued],
+    report: &mut FlushReport,
+    failures: &AtomicU64,
+) {
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=4 {
         match queue.insert(batch).await {

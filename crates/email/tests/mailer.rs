@@ -45,9 +45,15 @@ async fn enqueue_stores_envelope_and_bytes() {
     assert_eq!(r.get::<String, _>("state"), "queued");
     assert_eq!(r.get::<String, _>("mail_from"), "shop@example.com");
     let rcpt: Vec<String> = serde_json::from_str(&r.get::<String, _>("recipients")).expect("json");
-    assert_eq!(rcpt, ["ann@example.com", "bob@example.com", "audit@example.com"]);
+    assert_eq!(
+        rcpt,
+        ["ann@example.com", "bob@example.com", "audit@example.com"]
+    );
     assert_eq!(r.get::<Vec<u8>, _>("raw"), e.to_bytes());
-    assert_eq!(r.get::<Option<String>, _>("subject").as_deref(), Some("Order"));
+    assert_eq!(
+        r.get::<Option<String>, _>("subject").as_deref(),
+        Some("Order")
+    );
     assert!((r.get::<i64, _>("due_at") - now_ms()).abs() < 5_000);
 }
 
@@ -68,7 +74,10 @@ async fn send_later_and_send_at_schedule() {
 
     let at: jiff::Timestamp = "2099-01-01T00:00:00Z".parse().expect("ts");
     let id = mailer.send_at(&email(), at).await.expect("at");
-    assert_eq!(row(&mailer, id).await.get::<i64, _>("due_at"), at.as_millisecond());
+    assert_eq!(
+        row(&mailer, id).await.get::<i64, _>("due_at"),
+        at.as_millisecond()
+    );
 
     // A time in the past means now, not an error.
     let past: jiff::Timestamp = "2001-01-01T00:00:00Z".parse().expect("ts");
@@ -81,7 +90,10 @@ async fn send_later_and_send_at_schedule() {
 #[tokio::test]
 async fn invalid_delay_is_an_error_that_says_why() {
     let mailer = Mailer::embedded(db_path("delay")).await.expect("open");
-    let err = mailer.send_later(&email(), "soonish").await.expect_err("bad delay");
+    let err = mailer
+        .send_later(&email(), "soonish")
+        .await
+        .expect_err("bad delay");
     assert!(matches!(err, MailerError::InvalidDelay { .. }));
     assert!(err.to_string().contains("soonish"), "{err}");
 }
@@ -89,9 +101,17 @@ async fn invalid_delay_is_an_error_that_says_why() {
 #[tokio::test]
 async fn idempotency_key_gives_the_first_id() {
     let mailer = Mailer::embedded(db_path("idem")).await.expect("open");
-    let opts = SendOptions::default().idempotency_key("order-42").priority(7);
-    let a = mailer.enqueue_with(&email(), None, &opts).await.expect("first");
-    let b = mailer.enqueue_with(&email(), None, &opts).await.expect("second");
+    let opts = SendOptions::default()
+        .idempotency_key("order-42")
+        .priority(7);
+    let a = mailer
+        .enqueue_with(&email(), None, &opts)
+        .await
+        .expect("first");
+    let b = mailer
+        .enqueue_with(&email(), None, &opts)
+        .await
+        .expect("second");
     assert_eq!(a, b);
     let email::queue::Queue::Embedded(db) = mailer.queue();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM emails")
@@ -105,7 +125,10 @@ async fn idempotency_key_gives_the_first_id() {
 #[tokio::test]
 async fn buffered_mailer_returns_at_once_and_flush_makes_durable() {
     let path = db_path("buffered");
-    let mailer = Mailer::embedded(&path).await.expect("open").buffered(10_000);
+    let mailer = Mailer::embedded(&path)
+        .await
+        .expect("open")
+        .buffered(10_000);
     let mut ids = Vec::new();
     for _ in 0..2_500 {
         ids.push(mailer.enqueue(&email()).await.expect("buffered"));
@@ -127,7 +150,10 @@ async fn buffered_mailer_returns_at_once_and_flush_makes_durable() {
 
 #[tokio::test]
 async fn full_buffer_refuses_instead_of_blocking() {
-    let mailer = Mailer::embedded(db_path("full")).await.expect("open").buffered(1);
+    let mailer = Mailer::embedded(db_path("full"))
+        .await
+        .expect("open")
+        .buffered(1);
     let mut refused = 0;
     for _ in 0..200 {
         match mailer.enqueue(&email()).await {
@@ -147,5 +173,8 @@ async fn full_buffer_refuses_instead_of_blocking() {
 async fn parsed_email_without_envelope_is_refused() {
     let mailer = Mailer::embedded(db_path("noenv")).await.expect("open");
     let draft = Email::parse(b"Subject: draft\r\n\r\nbody").expect("parse");
-    assert!(matches!(mailer.enqueue(&draft).await, Err(MailerError::NoEnvelope)));
+    assert!(matches!(
+        mailer.enqueue(&draft).await,
+        Err(MailerError::NoEnvelope)
+    ));
 }

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{EmailId, QueueError, Queued};
@@ -140,9 +142,17 @@ impl Embedded {
     }
 }
 
-async fn insert_one(tx: &mut Transaction<'static, Sqlite>, q: &Queued) -> Result<EmailId, QueueError> {
-    let recipients = serde_json::to_string(&q.rcpt_to).map_err(|e| QueueError::Encode(e.to_string()))?;
-    let state = if q.due_at_ms > q.created_at_ms { "scheduled" } else { "queued" };
+async fn insert_one(
+    tx: &mut Transaction<'static, Sqlite>,
+    q: &Queued,
+) -> Result<EmailId, QueueError> {
+    let recipients =
+        serde_json::to_string(&q.rcpt_to).map_err(|e| QueueError::Encode(e.to_string()))?;
+    let state = if q.due_at_ms > q.created_at_ms {
+        "scheduled"
+    } else {
+        "queued"
+    };
     let done = sqlx::query(
         "INSERT INTO emails (id, idempotency_key, state, priority, created_at, due_at, next_at, \
          max_fails, max_time_ms, mail_from, recipients, pending, subject, message_id, raw, tags) \
@@ -175,7 +185,8 @@ async fn insert_one(tx: &mut Transaction<'static, Sqlite>, q: &Queued) -> Result
         .await
         .map_err(QueueError::from_sqlx)?;
     let id: String = row.try_get("id").map_err(QueueError::from_sqlx)?;
-    id.parse().map_err(|_| QueueError::Encode(format!("stored id {id:?} is not a UUID")))
+    id.parse()
+        .map_err(|_| QueueError::Encode(format!("stored id {id:?} is not a UUID")))
 }
 
 fn open_error(path: &Path, e: impl std::fmt::Display) -> QueueError {
