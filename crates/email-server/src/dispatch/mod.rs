@@ -1,0 +1,344 @@
+//! The dispatcher: claim due emails under a lease, deliver them, record
+//! every attempt, and decide what happens next.
+//!
+//! One loop owns the claims. It keeps up to `batch` emails in flight (the
+//! transport's pool bounds how many are on the wire at once), and when
+//! nothing is due it sleeps until the next due time, a wake-up from a
+//! `Mailer`, or shutdown; it does not poll. Each email's attempt runs in its
+//! own task and records its own result, fenced by its lease token, so a
+//! crash loses at most the in-flight attempts, which are claimed again when
+//! their lease runs out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::smtp::{Delivery, Outcome};
+use crate::store::{Attempt, Claimed, Next, RecipientOutcome, Store, StoreError};
+
+pub mod retry;
+pub mod transport;
+
+pub use transport::Transport;
+
+/// How the dispatcher behaves. Built from the `email.server` config.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Attempts before `failed`. Defaults to 3.
+    pub max_fails: u32,
+    /// Age (from the due time) before `expired`. Defaults to 1 h.
+    pub max_time: Duration,
+    /// Emails claimed and in flight at most. Defaults to 50.
+    pub batch: usize,
+    /// How long a claim lasts before another process may take it over.
+    /// Defaults to 5 min; must exceed the slowest attempt.
+    pub lease: Duration,
+    /// Deliveries on the wire at once. Defaults to 4.
+    pub concurrency: usize,
+    /// The retry schedule's first wait. Defaults to 30 s.
+    pub retry_base: Duration,
+    /// The retry schedule's longest wait. Defaults to 1 h.
+    pub retry_max: Duration,
+    /// How long shutdown waits for in-flight attempts before releasing
+    /// them. Defaults to 30 s.
+    pub shutdown_grace: Duration,
+    /// This process's name on its claims.
+    pub owner: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_fails: 3,
+            max_time: Duration::from_secs(3600),
+            batch: 50,
+            lease: Duration::from_secs(300),
+            concurrency: 4,
+            retry_base: retry::DEFAULT_BASE,
+            retry_max: retry::DEFAULT_MAX,
+            shutdown_grace: Duration::from_secs(30),
+            owner: format!("email-server-{}", std::process::id()),
+        }
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The longest sleep with nothing due: a safety net against a missed
+/// wake-up, not a polling interval.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+
+/// Runs until `shutdown` turns true, then finishes or releases what is in
+/// flight.
+pub async fn run(
+    store: Store,
+    transport: Transport,
+    settings: Settings,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let settings = Arc::new(settings);
+    let wire = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let mut tasks: JoinSet<Claimed> = JoinSet::new();
+    let mut last_sweep = 0;
+    loop {
+        while let Some(done) = tasks.try_join_next() {
+            log_panic(done);
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        let now = now_ms();
+        if now - last_sweep >= 30_000 {
+            let n = store.expire_overdue(now, ms(settings.max_time)).await?;
+            if n > 0 {
+                tracing::info!(emails = n, "expired: max-time passed");
+            }
+            last_sweep = now;
+        }
+        let free = settings.batch.max(1).saturating_sub(tasks.len());
+        let mut got = 0;
+        if free > 0 {
+            let claimed = store
+                .claim(&settings.owner, free, now, ms(settings.lease))
+                .await?;
+            got = claimed.len();
+            for c in claimed {
+                let (store, transport, settings, wire) = (
+                    store.clone(),
+                    transport.clone(),
+                    settings.clone(),
+                    wire.clone(),
+                );
+                tasks.spawn(async move {
+                    let _permit = wire.acquire_owned().await;
+                    if let Err(e) = attempt(&store, &transport, &settings, &c).await {
+                        // The lease runs out and the email is claimed again.
+                        tracing::error!(id = %c.id, error = %e, "could not record the attempt");
+                    }
+                    c
+                });
+            }
+        }
+        if free > 0 && got == free {
+            continue; // more may be due: claim again as capacity frees up
+        }
+        let sleep = match store.next_wake().await? {
+            Some(t) => {
+                Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0)).min(MAX_IDLE)
+            }
+            None => MAX_IDLE,
+        };
+        // With everything due already claimed, a wake time in the past only
+        // means our own leases; wait for a task instead.
+        let sleep = if sleep.is_zero() && !tasks.is_empty() {
+            MAX_IDLE
+        } else {
+            sleep
+        };
+        tokio::select! {
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(done),
+            () = wake.notified() => {}
+            () = tokio::time::sleep(sleep) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    drain(&store, tasks, &settings).await;
+    transport.close().await;
+    Ok(())
+}
+
+fn log_panic(done: Result<Claimed, tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "delivery task failed; its lease will expire and it will be retried");
+    }
+}
+
+/// Waits for in-flight attempts, then releases the ones still running.
+async fn drain(store: &Store, mut tasks: JoinSet<Claimed>, s: &Settings) {
+    let deadline = tokio::time::Instant::now() + s.shutdown_grace;
+    while !tasks.is_empty() {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(done)) => log_panic(done),
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    in_flight = tasks.len(),
+                    "shutdown grace over; releasing in-flight emails"
+                );
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    match store.release_owner(&s.owner).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(emails = n, "released unfinished claims"),
+        Err(e) => {
+            tracing::error!(error = %e, "could not release claims; they return when their lease ends")
+        }
+    }
+}
+
+/// One attempt: deliver, classify, record.
+async fn attempt(
+    store: &Store,
+    transport: &Transport,
+    s: &Settings,
+    c: &Claimed,
+) -> Result<(), StoreError> {
+    let started = now_ms();
+    let deadline = c
+        .due_at
+        .saturating_add(c.max_time_ms.unwrap_or(ms(s.max_time)));
+    if started >= deadline {
+        store
+            .record(
+                c,
+                None,
+                &Next::Expired,
+                &c.pending,
+                "max-time passed before this attempt",
+            )
+            .await?;
+        return Ok(());
+    }
+    if let Err(e) = email::Email::parse(&c.raw) {
+        let reason = format!("stored message is corrupt: {e}");
+        tracing::error!(id = %c.id, %reason, "not sent");
+        store
+            .record(c, None, &Next::Failed, &c.pending, &reason)
+            .await?;
+        return Ok(());
+    }
+    let d = transport
+        .deliver(&c.id, &c.mail_from, &c.pending, &c.raw)
+        .await;
+    let finished = now_ms();
+    let (next, pending, reason) = decide(c, &d, s, finished, deadline);
+    let attempt = record_of(&d, started, finished, next.state());
+    let updated = store
+        .record(c, Some(&attempt), &next, &pending, &reason)
+        .await?;
+    if updated {
+        tracing::info!(id = %c.id, state = next.state(), %reason, "attempt recorded");
+    } else {
+        tracing::warn!(id = %c.id, "lease was taken over; attempt kept, state left to the new owner");
+    }
+    Ok(())
+}
+
+/// The policy: what an attempt's result means for the email.
+fn decide(
+    c: &Claimed,
+    d: &Delivery,
+    s: &Settings,
+    now: i64,
+    deadline: i64,
+) -> (Next, Vec<String>, String) {
+    let code_of = |addr: &str| {
+        d.recipients
+            .iter()
+            .find(|r| r.address == addr)
+            .map(|r| r.reply.code)
+    };
+    let rejected: Vec<String> = d
+        .recipients
+        .iter()
+        .filter(|r| r.reply.code >= 500)
+        .map(|r| format!("{}: {} {}", r.address, r.reply.code, r.reply.text))
+        .collect();
+    let note = if rejected.is_empty() {
+        String::new()
+    } else {
+        format!(" (rejected: {})", rejected.join("; "))
+    };
+    let (pending, why) = match &d.outcome {
+        Outcome::Permanent(why) => return (Next::Failed, Vec::new(), format!("{why}{note}")),
+        Outcome::Sent => {
+            // Recipients deferred with 4xx (greylisting, 452) are retried alone.
+            let later: Vec<String> = c
+                .pending
+                .iter()
+                .filter(|a| code_of(a).is_some_and(|code| (400..500).contains(&code)))
+                .cloned()
+                .collect();
+            let accepted = d
+                .reply
+                .as_ref()
+                .map_or_else(|| "accepted".into(), |r| format!("{} {}", r.code, r.text));
+            if later.is_empty() {
+                return (Next::Sent, Vec::new(), format!("{accepted}{note}"));
+            }
+            let why = format!("{} recipient(s) deferred: {accepted}{note}", later.len());
+            (later, why)
+        }
+        Outcome::Transient(why) => {
+            // Recipients refused for good in this attempt are not retried.
+            let keep = c
+                .pending
+                .iter()
+                .filter(|a| code_of(a).is_none_or(|code| code < 500))
+                .cloned()
+                .collect();
+            (keep, format!("{why}{note}"))
+        }
+    };
+    let made = c.attempts + 1;
+    let max_fails = c.max_fails.unwrap_or(s.max_fails).max(1);
+    if made >= max_fails {
+        return (
+            Next::Failed,
+            pending,
+            format!("max-fails ({max_fails}) reached: {why}"),
+        );
+    }
+    let wait = retry::backoff(made, s.retry_base, s.retry_max, retry::jitter());
+    let at = now.saturating_add(ms(wait));
+    if at >= deadline {
+        return (
+            Next::Expired,
+            pending,
+            format!("max-time would pass before the next attempt: {why}"),
+        );
+    }
+    (Next::Retry { at }, pending, why)
+}
+
+fn record_of(d: &Delivery, started: i64, finished: i64, outcome: &str) -> Attempt {
+    let (smtp_code, enhanced_code, reply) = match (&d.reply, &d.outcome) {
+        (Some(r), _) => (Some(r.code), r.enhanced.clone(), r.text.clone()),
+        (None, Outcome::Transient(w) | Outcome::Permanent(w)) => (None, None, w.clone()),
+        (None, Outcome::Sent) => (None, None, String::new()),
+    };
+    Attempt {
+        started_at: started,
+        finished_at: finished,
+        relay: d.relay.clone(),
+        outcome: outcome.to_owned(),
+        smtp_code,
+        enhanced_code,
+        reply,
+        possible_duplicate: d.possible_duplicate,
+        recipients: d
+            .recipients
+            .iter()
+            .map(|r| RecipientOutcome {
+                address: r.address.clone(),
+                code: r.reply.code,
+                enhanced: r.reply.enhanced.clone(),
+                reply: r.reply.text.clone(),
+            })
+            .collect(),
+    }
+}

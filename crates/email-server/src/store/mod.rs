@@ -1,0 +1,306 @@
+//! The store: every email and every attempt, and the claims that hand due
+//! emails to the dispatcher.
+//!
+//! A closed set of backends, one file each, behind `enum Store` with a
+//! delegating `match` (PostgreSQL joins in issue 4). The embedded SQLite
+//! store is the very file the `Mailer` writes to, so intake is the insert.
+//!
+//! States, as stored and as shown everywhere: `scheduled` `queued`
+//! `sending` `deferred` `sent` `failed` `expired` `cancelled`. A row
+//! written as `scheduled` whose time has come is reported as `queued`.
+
+use serde::Serialize;
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// Every state, in the order stats print them.
+pub const STATES: [&str; 8] = [
+    "scheduled",
+    "queued",
+    "sending",
+    "deferred",
+    "sent",
+    "failed",
+    "expired",
+    "cancelled",
+];
+
+/// A backend. A closed set: one variant per database.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// SQLite, shared with the embedded queue.
+    Sqlite(SqliteStore),
+}
+
+/// An email claimed for one delivery attempt, under a lease.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// The email's id.
+    pub id: String,
+    /// Fences the completion: only the holder of this token may record.
+    pub token: i64,
+    /// MAIL FROM.
+    pub mail_from: String,
+    /// The recipients still to deliver to.
+    pub pending: Vec<String>,
+    /// The message.
+    pub raw: Vec<u8>,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// The schedule (Unix ms): max-time counts from here.
+    pub due_at: i64,
+    /// Per-email override of max-fails.
+    pub max_fails: Option<u32>,
+    /// Per-email override of max-time (ms).
+    pub max_time_ms: Option<i64>,
+}
+
+/// What happens to an email after an attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Delivered to every recipient that will ever take it.
+    Sent,
+    /// Try again at this time (Unix ms) for the recipients in `pending`.
+    Retry {
+        /// When.
+        at: i64,
+    },
+    /// Permanent failure or max-fails reached.
+    Failed,
+    /// max-time passed.
+    Expired,
+}
+
+impl Next {
+    /// The state this leads to.
+    pub fn state(&self) -> &'static str {
+        match self {
+            Next::Sent => "sent",
+            Next::Retry { .. } => "deferred",
+            Next::Failed => "failed",
+            Next::Expired => "expired",
+        }
+    }
+}
+
+/// One recipient's result in an attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RecipientOutcome {
+    /// The RCPT TO address.
+    pub address: String,
+    /// The SMTP reply code (0 if none was received).
+    pub code: u16,
+    /// The enhanced status code, e.g. `5.1.1`.
+    pub enhanced: Option<String>,
+    /// The reply text.
+    pub reply: String,
+}
+
+/// One attempt, as recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Attempt {
+    /// When it started (Unix ms).
+    pub started_at: i64,
+    /// When it ended (Unix ms).
+    pub finished_at: i64,
+    /// `host:port` of the relay, or `outbox:DIR`.
+    pub relay: String,
+    /// The state the attempt led to.
+    pub outcome: String,
+    /// The deciding SMTP reply code.
+    pub smtp_code: Option<u16>,
+    /// The deciding enhanced status code.
+    pub enhanced_code: Option<String>,
+    /// The deciding reply text, or the error.
+    pub reply: String,
+    /// Cut off after the final `.`: the relay may have the message.
+    pub possible_duplicate: bool,
+    /// Per-recipient results.
+    pub recipients: Vec<RecipientOutcome>,
+}
+
+/// An email as listed and shown by the CLI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EmailRow {
+    /// The id.
+    pub id: String,
+    /// The state (see [`STATES`]).
+    pub state: String,
+    /// The subject.
+    pub subject: Option<String>,
+    /// MAIL FROM.
+    pub mail_from: String,
+    /// Every envelope recipient.
+    pub recipients: Vec<String>,
+    /// Recipients still to deliver to.
+    pub pending: Vec<String>,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Priority.
+    pub priority: i64,
+    /// Enqueued at (RFC 3339).
+    pub created_at: String,
+    /// Due at (RFC 3339).
+    pub due_at: String,
+    /// Next attempt at (RFC 3339), for unfinished emails.
+    pub next_at: Option<String>,
+    /// Terminal state reached at (RFC 3339).
+    pub finished_at: Option<String>,
+    /// Why it is in this state.
+    pub last_reason: Option<String>,
+    /// Message-ID.
+    pub message_id: Option<String>,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// An attempt was cut off after the final `.`.
+    pub possible_duplicate: bool,
+}
+
+/// Counts and latencies for `email-server stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// Emails per state, every state present (see [`STATES`]).
+    pub states: std::collections::BTreeMap<String, u64>,
+    /// Due time to acceptance for sent emails, in ms.
+    pub latency_ms: Latency,
+    /// Average attempts per sent email.
+    pub attempts_per_sent: f64,
+    /// Total attempts recorded.
+    pub attempts_total: u64,
+    /// Sent emails with an attempt cut off after the final `.`.
+    pub possible_duplicates: u64,
+}
+
+/// Latency percentiles in ms (`null` when nothing was sent).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: Option<i64>,
+    /// 90th percentile.
+    pub p90: Option<i64>,
+    /// 99th percentile.
+    pub p99: Option<i64>,
+}
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Opening failed.
+    #[error(transparent)]
+    Queue(#[from] email::queue::QueueError),
+    /// No email has this id.
+    #[error("no email with id {0}")]
+    NotFound(String),
+    /// The email is not in a state that allows the operation.
+    #[error("email {id} is {state}: {hint}")]
+    WrongState {
+        /// The id.
+        id: String,
+        /// Its state.
+        state: String,
+        /// What would work instead.
+        hint: &'static str,
+    },
+    /// A stored value is corrupt.
+    #[error("email {id}: stored {field} is corrupt: {reason}")]
+    Corrupt {
+        /// The id.
+        id: String,
+        /// Which column.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Sqlite($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Claims up to `limit` due emails (higher priority first), and emails
+    /// whose lease expired, for `owner` until `now + lease_ms`.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        limit: usize,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        delegate!(self, s => s.claim(owner, limit, now, lease_ms).await)
+    }
+    /// Records an attempt and moves the email on, unless its lease was
+    /// taken over (then only the attempt is kept). Returns whether the
+    /// email was updated.
+    /// `attempt` is `None` when no delivery was tried (max-time had passed).
+    pub async fn record(
+        &self,
+        c: &Claimed,
+        attempt: Option<&Attempt>,
+        next: &Next,
+        pending: &[String],
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, s => s.record(c, attempt, next, pending, reason).await)
+    }
+    /// Gives back every claim `owner` still holds, without counting an
+    /// attempt (graceful shutdown). Returns how many.
+    pub async fn release_owner(&self, owner: &str) -> Result<u64, StoreError> {
+        delegate!(self, s => s.release_owner(owner).await)
+    }
+    /// Expires unfinished emails past their max-time; returns how many.
+    pub async fn expire_overdue(
+        &self,
+        now: i64,
+        default_max_time_ms: i64,
+    ) -> Result<u64, StoreError> {
+        delegate!(self, s => s.expire_overdue(now, default_max_time_ms).await)
+    }
+    /// The earliest time (Unix ms) something becomes claimable, if any.
+    pub async fn next_wake(&self) -> Result<Option<i64>, StoreError> {
+        delegate!(self, s => s.next_wake().await)
+    }
+    /// Counts and latencies.
+    pub async fn stats(&self, now: i64) -> Result<Stats, StoreError> {
+        delegate!(self, s => s.stats(now).await)
+    }
+    /// Emails, newest first, optionally in one state.
+    pub async fn list(
+        &self,
+        state: Option<&str>,
+        limit: u32,
+        now: i64,
+    ) -> Result<Vec<EmailRow>, StoreError> {
+        delegate!(self, s => s.list(state, limit, now).await)
+    }
+    /// One email with its attempts and raw bytes.
+    pub async fn show(
+        &self,
+        id: &str,
+        now: i64,
+    ) -> Result<(EmailRow, Vec<Attempt>, Vec<u8>), StoreError> {
+        delegate!(self, s => s.show(id, now).await)
+    }
+    /// Makes a failed, expired or cancelled email (or a deferred one, now)
+    /// due again with a fresh attempt budget.
+    pub async fn retry(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        delegate!(self, s => s.retry(id, now).await)
+    }
+    /// Cancels an unsent email.
+    pub async fn cancel(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        delegate!(self, s => s.cancel(id, now).await)
+    }
+    /// Moves an unsent email to a new due time.
+    pub async fn reschedule(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        delegate!(self, s => s.reschedule(id, at).await)
+    }
+}

@@ -1,0 +1,451 @@
+//! The SQLite store: the embedded queue's own file (schema in
+//! `crates/email/migrations/sqlite`), opened through [`email::queue::Embedded`]
+//! so both sides always agree on it.
+
+use std::path::Path;
+
+use email::queue::Embedded;
+use sqlx::Row;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+
+use super::{
+    Attempt, Claimed, EmailRow, Latency, Next, RecipientOutcome, STATES, Stats, StoreError,
+};
+
+/// Unfinished states that may be claimed once due.
+const WAITING: &str = "('scheduled', 'queued', 'deferred')";
+
+/// The SQLite store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    db: Embedded,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the database file.
+    pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        Ok(SqliteStore {
+            db: Embedded::open(path).await?,
+        })
+    }
+
+    /// The embedded queue on the same file.
+    pub fn embedded(&self) -> &Embedded {
+        &self.db
+    }
+
+    fn pool(&self) -> &SqlitePool {
+        self.db.pool()
+    }
+
+    pub(crate) async fn claim(
+        &self,
+        owner: &str,
+        limit: usize,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        // Each half of the UNION uses its own partial index, so a backlog of
+        // future emails or a long history costs nothing here. Taking over an
+        // expired lease means its owner died mid-attempt, perhaps after the
+        // final "." was accepted: the email is marked a possible duplicate.
+        let rows = sqlx::query(
+            "UPDATE emails SET state = 'sending', lease_owner = ?1, lease_until = ?2, \
+                    lease_token = lease_token + 1, \
+                    possible_duplicate = possible_duplicate | (state = 'sending') \
+             WHERE id IN ( \
+                 SELECT id FROM ( \
+                     SELECT id, priority, next_at FROM emails \
+                      WHERE state IN ('scheduled', 'queued', 'deferred') AND next_at <= ?3 \
+                     UNION ALL \
+                     SELECT id, priority, next_at FROM emails \
+                      WHERE state = 'sending' AND lease_until <= ?3) \
+                 ORDER BY priority DESC, next_at LIMIT ?4) \
+             RETURNING id, lease_token, mail_from, pending, raw, attempts, due_at, max_fails, max_time_ms",
+        )
+        .bind(owner)
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.pool())
+        .await?;
+        let mut good = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match claimed(row) {
+                Ok(c) => good.push(c),
+                // One corrupt row must not stop delivery of the others: it
+                // ends in `failed` with the reason, for an operator to see.
+                Err(e) => {
+                    let id: String = row.try_get("id")?;
+                    tracing::error!(%id, error = %e, "corrupt stored email marked failed");
+                    sqlx::query(
+                        "UPDATE emails SET state = 'failed', finished_at = ?2, last_reason = ?3, \
+                                lease_owner = NULL, lease_until = NULL WHERE id = ?1",
+                    )
+                    .bind(&id)
+                    .bind(now)
+                    .bind(format!("stored record is corrupt: {e}"))
+                    .execute(self.pool())
+                    .await?;
+                }
+            }
+        }
+        Ok(good)
+    }
+
+    pub(crate) async fn record(
+        &self,
+        c: &Claimed,
+        a: Option<&Attempt>,
+        next: &Next,
+        pending: &[String],
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        if let Some(a) = a {
+            insert_attempt(&mut tx, &c.id, a).await?;
+        }
+        let now = a.map_or_else(crate::dispatch::now_ms, |a| a.finished_at);
+        let (next_at, finished_at) = match next {
+            Next::Retry { at } => (Some(*at), None),
+            _ => (None, Some(now)),
+        };
+        let pending = serde_json::to_string(pending).unwrap_or_else(|_| "[]".into());
+        let done = sqlx::query(
+            "UPDATE emails SET state = ?1, attempts = attempts + ?9, next_at = COALESCE(?2, next_at), \
+                    finished_at = ?3, pending = ?4, last_reason = ?5, \
+                    possible_duplicate = possible_duplicate | ?6, lease_owner = NULL, lease_until = NULL \
+             WHERE id = ?7 AND lease_token = ?8 AND state = 'sending'",
+        )
+        .bind(next.state())
+        .bind(next_at)
+        .bind(finished_at)
+        .bind(pending)
+        .bind(reason)
+        .bind(a.is_some_and(|a| a.possible_duplicate))
+        .bind(&c.id)
+        .bind(c.token)
+        .bind(i64::from(a.is_some()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(crate) async fn release_owner(&self, owner: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE emails SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END, \
+                    lease_owner = NULL, lease_until = NULL \
+             WHERE state = 'sending' AND lease_owner = ?1",
+        )
+        .bind(owner)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub(crate) async fn expire_overdue(
+        &self,
+        now: i64,
+        default_max_time_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "UPDATE emails SET state = 'expired', finished_at = ?1, lease_owner = NULL, lease_until = NULL, \
+                    last_reason = 'max-time passed' || COALESCE(': last attempt: ' || last_reason, ' before any attempt') \
+             WHERE ((state IN {WAITING}) OR (state = 'sending' AND lease_until <= ?1)) \
+               AND due_at + COALESCE(max_time_ms, ?2) <= ?1"
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(default_max_time_ms)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub(crate) async fn next_wake(&self) -> Result<Option<i64>, StoreError> {
+        let t: Option<i64> = sqlx::query_scalar(
+            "SELECT min(t) FROM ( \
+                 SELECT min(next_at) AS t FROM emails WHERE state IN ('scheduled', 'queued', 'deferred') \
+                 UNION ALL \
+                 SELECT min(lease_until) FROM emails WHERE state = 'sending')",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(t)
+    }
+
+    pub(crate) async fn stats(&self, now: i64) -> Result<Stats, StoreError> {
+        let mut stats = Stats::default();
+        for s in STATES {
+            stats.states.insert(s.to_owned(), 0);
+        }
+        let rows = sqlx::query(
+            "SELECT CASE WHEN state IN ('scheduled', 'queued') \
+                         THEN CASE WHEN next_at > ?1 THEN 'scheduled' ELSE 'queued' END \
+                         ELSE state END AS s, count(*) AS n \
+             FROM emails GROUP BY s",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        for r in rows {
+            let n: i64 = r.try_get("n")?;
+            stats
+                .states
+                .insert(r.try_get("s")?, u64::try_from(n).unwrap_or(0));
+        }
+        let sent = stats.states.get("sent").copied().unwrap_or(0);
+        if sent > 0 {
+            let pct = |p: u64| (sent * p).div_ceil(100).saturating_sub(1);
+            let mut lat = Latency::default();
+            for (slot, p) in [(&mut lat.p50, 50), (&mut lat.p90, 90), (&mut lat.p99, 99)] {
+                *slot = sqlx::query_scalar(
+                    "SELECT finished_at - due_at AS l FROM emails WHERE state = 'sent' ORDER BY l LIMIT 1 OFFSET ?1",
+                )
+                .bind(i64::try_from(pct(p)).unwrap_or(0))
+                .fetch_optional(self.pool())
+                .await?;
+            }
+            stats.latency_ms = lat;
+            stats.attempts_per_sent =
+                sqlx::query_scalar("SELECT avg(attempts) FROM emails WHERE state = 'sent'")
+                    .fetch_one(self.pool())
+                    .await?;
+        }
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts")
+            .fetch_one(self.pool())
+            .await?;
+        stats.attempts_total = u64::try_from(total).unwrap_or(0);
+        let dups: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM emails WHERE possible_duplicate = 1")
+                .fetch_one(self.pool())
+                .await?;
+        stats.possible_duplicates = u64::try_from(dups).unwrap_or(0);
+        Ok(stats)
+    }
+
+    pub(crate) async fn list(
+        &self,
+        state: Option<&str>,
+        limit: u32,
+        now: i64,
+    ) -> Result<Vec<EmailRow>, StoreError> {
+        // `scheduled` and `queued` are told apart by time, as in stats.
+        let rows = sqlx::query(
+            "SELECT * FROM emails WHERE ?1 IS NULL OR ?1 = \
+                 CASE WHEN state IN ('scheduled', 'queued') \
+                      THEN CASE WHEN next_at > ?2 THEN 'scheduled' ELSE 'queued' END ELSE state END \
+             ORDER BY created_at DESC, id DESC LIMIT ?3",
+        )
+        .bind(state)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| email_row(r, now)).collect()
+    }
+
+    pub(crate) async fn show(
+        &self,
+        id: &str,
+        now: i64,
+    ) -> Result<(EmailRow, Vec<Attempt>, Vec<u8>), StoreError> {
+        let row = sqlx::query("SELECT * FROM emails WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let attempts = sqlx::query("SELECT * FROM attempts WHERE email_id = ?1 ORDER BY id")
+            .bind(id)
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(attempt)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((email_row(&row, now)?, attempts, row.try_get("raw")?))
+    }
+
+    pub(crate) async fn retry(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        // A fresh budget: attempts restart and max-time counts from now.
+        self.change(
+            id,
+            "UPDATE emails SET state = 'queued', next_at = ?2, due_at = ?2, attempts = 0, finished_at = NULL, \
+                    pending = CASE WHEN state IN ('failed', 'expired', 'cancelled') AND pending = '[]' \
+                                   THEN recipients ELSE pending END \
+             WHERE id = ?1 AND state IN ('deferred', 'failed', 'expired', 'cancelled', 'scheduled', 'queued')",
+            now,
+            "only unsent emails can be retried",
+        )
+        .await
+    }
+
+    pub(crate) async fn cancel(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        self.change(
+            id,
+            &format!(
+                "UPDATE emails SET state = 'cancelled', finished_at = ?2, last_reason = 'cancelled by operator' \
+                 WHERE id = ?1 AND state IN {WAITING}"
+            ),
+            now,
+            "only scheduled, queued or deferred emails can be cancelled",
+        )
+        .await
+    }
+
+    pub(crate) async fn reschedule(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        self.change(
+            id,
+            &format!(
+                "UPDATE emails SET state = 'scheduled', next_at = ?2, due_at = ?2 \
+                 WHERE id = ?1 AND state IN {WAITING}"
+            ),
+            at,
+            "only scheduled, queued or deferred emails can be rescheduled",
+        )
+        .await
+    }
+
+    async fn change(
+        &self,
+        id: &str,
+        sql: &str,
+        t: i64,
+        hint: &'static str,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .bind(id)
+            .bind(t)
+            .execute(self.pool())
+            .await?;
+        if done.rows_affected() == 1 {
+            self.db.wake();
+            return Ok(());
+        }
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM emails WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        match state {
+            None => Err(StoreError::NotFound(id.to_owned())),
+            Some(state) => Err(StoreError::WrongState {
+                id: id.to_owned(),
+                state,
+                hint,
+            }),
+        }
+    }
+}
+
+async fn insert_attempt(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    id: &str,
+    a: &Attempt,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO attempts (email_id, started_at, finished_at, relay, outcome, smtp_code, enhanced_code, \
+                               reply, possible_duplicate, recipients) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .bind(id)
+    .bind(a.started_at)
+    .bind(a.finished_at)
+    .bind(&a.relay)
+    .bind(&a.outcome)
+    .bind(a.smtp_code.map(i64::from))
+    .bind(&a.enhanced_code)
+    .bind(&a.reply)
+    .bind(a.possible_duplicate)
+    .bind(serde_json::to_string(&a.recipients).unwrap_or_else(|_| "[]".into()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn json_list(id: &str, field: &'static str, text: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        id: id.to_owned(),
+        field,
+        reason: e.to_string(),
+    })
+}
+
+fn claimed(r: &SqliteRow) -> Result<Claimed, StoreError> {
+    let id: String = r.try_get("id")?;
+    Ok(Claimed {
+        pending: json_list(&id, "pending", &r.try_get::<String, _>("pending")?)?,
+        token: r.try_get("lease_token")?,
+        mail_from: r.try_get("mail_from")?,
+        raw: r.try_get("raw")?,
+        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        due_at: r.try_get("due_at")?,
+        max_fails: r
+            .try_get::<Option<i64>, _>("max_fails")?
+            .and_then(|v| u32::try_from(v).ok()),
+        max_time_ms: r.try_get("max_time_ms")?,
+        id,
+    })
+}
+
+/// Unix ms as RFC 3339, for people and JSON.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
+}
+
+fn email_row(r: &SqliteRow, now: i64) -> Result<EmailRow, StoreError> {
+    let id: String = r.try_get("id")?;
+    let mut state: String = r.try_get("state")?;
+    let next_at: i64 = r.try_get("next_at")?;
+    if state == "scheduled" || state == "queued" {
+        state = if next_at > now { "scheduled" } else { "queued" }.into();
+    }
+    let unfinished = matches!(
+        state.as_str(),
+        "scheduled" | "queued" | "deferred" | "sending"
+    );
+    Ok(EmailRow {
+        recipients: json_list(&id, "recipients", &r.try_get::<String, _>("recipients")?)?,
+        pending: json_list(&id, "pending", &r.try_get::<String, _>("pending")?)?,
+        state,
+        subject: r.try_get("subject")?,
+        mail_from: r.try_get("mail_from")?,
+        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        priority: r.try_get("priority")?,
+        created_at: rfc3339(r.try_get("created_at")?),
+        due_at: rfc3339(r.try_get("due_at")?),
+        next_at: unfinished.then(|| rfc3339(next_at)),
+        finished_at: r.try_get::<Option<i64>, _>("finished_at")?.map(rfc3339),
+        last_reason: r.try_get("last_reason")?,
+        message_id: r.try_get("message_id")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        possible_duplicate: r.try_get::<i64, _>("possible_duplicate")? != 0,
+        id,
+    })
+}
+
+fn attempt(r: &SqliteRow) -> Result<Attempt, StoreError> {
+    let id: String = r.try_get("email_id")?;
+    let recipients: Vec<RecipientOutcome> = serde_json::from_str(
+        r.try_get::<Option<String>, _>("recipients")?
+            .as_deref()
+            .unwrap_or("[]"),
+    )
+    .map_err(|e| StoreError::Corrupt {
+        id,
+        field: "attempt recipients",
+        reason: e.to_string(),
+    })?;
+    Ok(Attempt {
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        relay: r.try_get::<Option<String>, _>("relay")?.unwrap_or_default(),
+        outcome: r.try_get("outcome")?,
+        smtp_code: r
+            .try_get::<Option<i64>, _>("smtp_code")?
+            .and_then(|c| u16::try_from(c).ok()),
+        enhanced_code: r.try_get("enhanced_code")?,
+        reply: r.try_get::<Option<String>, _>("reply")?.unwrap_or_default(),
+        possible_duplicate: r.try_get::<i64, _>("possible_duplicate")? != 0,
+        recipients,
+    })
+}
