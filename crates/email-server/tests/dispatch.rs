@@ -1,0 +1,316 @@
+//! The dispatcher end to end: Mailer → SQLite → dispatcher → our
+//! fault-injecting SMTP server. Each case ends in its documented state with
+//! the reason recorded, quickly (retry waits are shortened), never hanging.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use email::{Email, Mailer, SendOptions};
+use email_server::dispatch::{self, Settings, Transport};
+use email_server::smtp::{Security, SmtpConfig, SmtpPool, Timeouts};
+use email_server::store::{SqliteStore, Store};
+use support::fault_smtp::{Action, Behaviour, FaultServer, Step};
+use tokio::sync::{Notify, watch};
+
+struct Case {
+    _dir: tempdir::Dir,
+    mailer: Mailer,
+    store: Store,
+}
+
+mod tempdir {
+    pub(crate) struct Dir(pub(crate) std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            std::fs::remove_dir_all(&self.0).ok();
+        }
+    }
+}
+
+async fn case(name: &str) -> Case {
+    let dir = std::env::temp_dir().join(format!("email-dispatch-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = dir.join("email.db");
+    Case {
+        mailer: Mailer::embedded(&db).await.expect("mailer"),
+        store: Store::Sqlite(SqliteStore::open(&db).await.expect("store")),
+        _dir: tempdir::Dir(dir),
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        max_fails: 3,
+        max_time: Duration::from_secs(3600),
+        batch: 10,
+        lease: Duration::from_secs(5),
+        concurrency: 2,
+        retry_base: Duration::from_millis(50),
+        retry_max: Duration::from_millis(200),
+        shutdown_grace: Duration::from_secs(2),
+        owner: "test".into(),
+    }
+}
+
+fn transport(addr: SocketAddr) -> Transport {
+    let each = Duration::from_secs(2);
+    let config = SmtpConfig {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        security: Security::Plain,
+        hello_name: "client.test".into(),
+        timeouts: Timeouts {
+            connect: each,
+            greeting: each,
+            ehlo: each,
+            mail: each,
+            rcpt: each,
+            data_init: each,
+            data_block: each,
+            data_end: each,
+            quit: each,
+        },
+        ..SmtpConfig::default()
+    };
+    Transport::Smtp {
+        pool: SmtpPool::new(config).expect("config"),
+        relay: addr.to_string(),
+    }
+}
+
+fn email(to: &str) -> Email {
+    Email::builder()
+        .from("shop@example.com")
+        .to(to)
+        .subject("Order")
+        .text("Thanks")
+        .build()
+        .expect("build")
+}
+
+/// Runs the dispatcher until every email is in a terminal state (or the
+/// test's patience runs out), then shuts it down cleanly.
+async fn dispatch_until_done(c: &Case, transport: Transport, s: Settings) {
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(dispatch::run(c.store.clone(), transport, s, Arc::new(Notify::new()), rx));
+    let done = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let st = c.store.stats(dispatch::now_ms()).await.expect("stats").states;
+            let open: u64 = ["scheduled", "queued", "sending", "deferred"].iter().map(|k| st[*k]).sum();
+            if open == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    tx.send(true).ok();
+    task.await.expect("join").expect("dispatcher");
+    done.expect("emails did not reach a terminal state in 20 s");
+}
+
+async fn show(c: &Case, id: email::EmailId) -> (email_server::store::EmailRow, Vec<email_server::store::Attempt>) {
+    let (row, attempts, _) = c.store.show(&id.to_string(), dispatch::now_ms()).await.expect("show");
+    (row, attempts)
+}
+
+#[tokio::test]
+async fn transient_then_success() {
+    let server = FaultServer::start(Behaviour::new().fault_once(Step::Mail, Action::Reply("451 4.3.0 try later".into()))).await;
+    let c = case("4xx").await;
+    let id = c.mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
+    dispatch_until_done(&c, transport(server.addr()), settings()).await;
+    let (row, attempts) = show(&c, id).await;
+    assert_eq!(row.state, "sent");
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].outcome, "deferred");
+    assert_eq!(attempts[0].smtp_code, Some(451));
+    assert_eq!(attempts[0].enhanced_code.as_deref(), Some("4.3.0"));
+    assert_eq!(attempts[1].outcome, "sent");
+    assert_eq!(server.received().len(), 1);
+}
+
+#[tokio::test]
+async fn permanent_failure_is_not_retried() {
+    let server = FaultServer::start(Behaviour::new().fault(Step::Mail, Action::Reply("550 5.7.1 relaying denied".into()))).await;
+    let c = case("5xx").await;
+    let id = c.mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
+    dispatch_until_done(&c, transport(server.addr()), settings()).await;
+    let (row, attempts) = show(&c, id).await;
+    assert_eq!(row.state, "failed");
+    assert_eq!(attempts.len(), 1);
+    assert!(row.last_reason.as_deref().unwrap_or("").contains("550"), "{row:?}");
+}
+
+#[tokio::test]
+async fn one_rejected_recipient_does_not_fail_the_others() {
+    let server = FaultServer::start(
+        Behaviour::new().fault(Step::RcptTo("bad@example.com".into()), Action::Reply("550 5.1.1 no such user".into())),
+    )
+    .await;
+    let c = case("rcpt").await;
+    let id = c
+        .mailer
+        .enqueue(&email("ann@example.com, bad@example.com, bob@example.com"))
+        .await
+        .expect("enqueue");
+    dispatch_until_done(&c, transport(server.addr()), settings()).await;
+    let (row, attempts) = show(&c, id).await;
+    assert_eq!(row.state, "sent");
+    assert!(row.last_reason.as_deref().unwrap_or("").contains("bad@example.com: 550"), "{row:?}");
+    let codes: Vec<(String, u16)> = attempts[0].recipients.iter().map(|r| (r.address.clone(), r.code)).collect();
+    assert_eq!(
+        codes,
+        [("ann@example.com".into(), 250), ("bad@example.com".into(), 550), ("bob@example.com".into(), 250)]
+    );
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_to, ["ann@example.com", "bob@example.com"]);
+}
+
+#[tokio::test]
+async fn greylisted_recipient_is_retried_alone() {
+    let server = FaultServer::start(
+        Behaviour::new().fault_once(Step::RcptTo("grey@example.com".into()), Action::Reply("450 4.2.0 greylisted".into())),
+    )
+    .await;
+    let c = case("grey").await;
+    let id = c.mailer.enqueue(&email("ann@example.com, grey@example.com")).await.expect("enqueue");
+    dispatch_until_done(&c, transport(server.addr()), settings()).await;
+    let (row, attempts) = show(&c, id).await;
+    assert_eq!(row.state, "sent");
+    assert_eq!(attempts.len(), 2);
+    let got = server.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].rcpt_to, ["ann@example.com"]);
+    assert_eq!(got[1].rcpt_to, ["grey@example.com"], "only the deferred recipient is retried");
+}
+
+#[tokio::test]
+async fn max_fails_leads_to_failed_with_the_last_reason() {
+    let server = FaultServer::start(Behaviour::new().fault(Step::Mail, Action::Reply("452 4.3.1 out of storage".into()))).await;
+    let c = case("maxfails").await;
+    let id = c.mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
+    dispatch_until_done(&c, transport(server.addr()), settings()).await;
+    let (row, attempts) = show(&c, id).await;
+    assert_eq!(row.state, "failed");
+    assert_eq!(attempts.len(), 3);
+    let reason = row.last_reason.unwrap_or_default();
+    assert!(reason.starts_with("max-fails (3) reached") && reason.contains("452"), "{reason}");
+}
+
+#[tokio::test]
+async fn max_time_leads_to_expired_with_the_last_reason() {
+    let server = FaultServer::start(Behaviour::new().fault(Step::Mail, Action::Reply("451 4.4.1 busy".into()))).await;
+    let c = case("maxtime").await;
+    let opts = SendOptions::default().max_time(Duration::from_millis(300)).max_fails(100);
+    let id = c.mailer.enqueue_with(&email("ann@example.com"), None, &opts).await.expect("enqueue");
+    dispatch_until_done(&c, transport(server.addr()), settings()).await;
+    let (row, attempts) = show(&c, id).await;
+    assert_eq!(row.state, "expired");
+    assert!(!attempts.is_empty());
+    assert!(row.last_reason.unwrap_or_default().contains("451"));
+}
+
+#[tokio::test]
+async fn expiry_applies_in_every_waiting_state() {
+    let server = FaultServer::start(Behaviour::new()).await;
+    let c = case("expiry").await;
+    let tiny = SendOptions::default().max_time(Duration::from_millis(1));
+    // queued, past its deadline before any attempt
+    let queued = c.mailer.enqueue_with(&email("a@example.com"), None, &tiny).await.expect("q");
+    // sending, claimed by a process that died, past its deadline
+    let sending = c.mailer.enqueue_with(&email("b@example.com"), None, &tiny).await.expect("s");
+    // scheduled far ahead: max-time counts from the due time, so not expired
+    let at: jiff::Timestamp = "2099-01-01T00:00:00Z".parse().expect("ts");
+    let scheduled = c.mailer.enqueue_with(&email("c@example.com"), Some(at), &tiny).await.expect("sch");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A dead owner holds `sending` with a lease that already ran out.
+    c.store.claim("dead", 1, dispatch::now_ms(), -1).await.expect("claim");
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(dispatch::run(c.store.clone(), transport(server.addr()), settings(), Arc::new(Notify::new()), rx));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tx.send(true).ok();
+    task.await.expect("join").expect("dispatcher");
+    for id in [queued, sending] {
+        let (row, attempts) = show(&c, id).await;
+        assert_eq!(row.state, "expired", "{row:?}");
+        assert!(attempts.is_empty(), "no delivery after the deadline");
+        assert!(row.last_reason.unwrap_or_default().contains("max-time"));
+    }
+    assert_eq!(show(&c, scheduled).await.0.state, "scheduled");
+    assert!(server.received().is_empty());
+}
+
+#[tokio::test]
+async fn cut_off_after_final_dot_is_marked_and_retried() {
+    let server = FaultServer::start(Behaviour::new().fault_once(Step::DataEnd, Action::Drop)).await;
+    let c = case("dup").await;
+    let id = c.mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
+    dispatch_until_done(&c, transport(server.addr()), settings()).await;
+    let (row, attempts) = show(&c, id).await;
+    assert_eq!(row.state, "sent");
+    assert!(row.possible_duplicate);
+    assert!(attempts[0].possible_duplicate);
+    assert_eq!(server.received().len(), 2, "at least once: the relay saw it twice");
+}
+
+#[tokio::test]
+async fn a_dead_owners_claim_is_taken_over_after_its_lease() {
+    let server = FaultServer::start(Behaviour::new()).await;
+    let c = case("lease").await;
+    let id = c.mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
+    let claimed = c.store.claim("dead", 10, dispatch::now_ms(), 300).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    dispatch_until_done(&c, transport(server.addr()), settings()).await;
+    let (row, _) = show(&c, id).await;
+    assert_eq!(row.state, "sent");
+    assert!(row.possible_duplicate, "the dead owner may have sent it");
+    // The dead owner's late completion is fenced off.
+    let stale = c
+        .store
+        .record(&claimed[0], None, &email_server::store::Next::Failed, &[], "late")
+        .await
+        .expect("record");
+    assert!(!stale);
+    assert_eq!(show(&c, id).await.0.state, "sent");
+}
+
+#[tokio::test]
+async fn higher_priority_is_claimed_first() {
+    let server = FaultServer::start(Behaviour::new()).await;
+    let c = case("priority").await;
+    for (to, p) in [("low@example.com", 0), ("high@example.com", 9), ("mid@example.com", 5)] {
+        let opts = SendOptions::default().priority(p);
+        c.mailer.enqueue_with(&email(to), None, &opts).await.expect("enqueue");
+    }
+    let s = Settings { batch: 1, concurrency: 1, ..settings() };
+    dispatch_until_done(&c, transport(server.addr()), s).await;
+    let order: Vec<String> = server.received().iter().map(|m| m.rcpt_to[0].clone()).collect();
+    assert_eq!(order, ["high@example.com", "mid@example.com", "low@example.com"]);
+}
+
+#[tokio::test]
+async fn shutdown_releases_what_it_cannot_finish() {
+    let server = FaultServer::start(Behaviour::new().fault(Step::DataEnd, Action::Stall)).await;
+    let c = case("shutdown").await;
+    let id = c.mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
+    let s = Settings { shutdown_grace: Duration::from_millis(300), ..settings() };
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(dispatch::run(c.store.clone(), transport(server.addr()), s, Arc::new(Notify::new()), rx));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(show(&c, id).await.0.state, "sending");
+    tx.send(true).ok();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("shutdown is bounded")
+        .expect("join")
+        .expect("dispatcher");
+    let (row, attempts) = show(&c, id).await;
+    assert_eq!(row.state, "queued", "released, not stuck in sending");
+    assert!(attempts.is_empty());
+}
