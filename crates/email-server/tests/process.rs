@@ -1,0 +1,181 @@
+//! The `email-server` process under abuse: killed with SIGKILL over and
+//! over while it delivers to a real SMTP server we did not write
+//! (aiosmtpd), and run at trace level with credentials that must never
+//! reach its logs.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use email::{Email, Mailer};
+use email_server::store::{SqliteStore, Store};
+use support::aiosmtpd::Aiosmtpd;
+use support::fault_smtp::{Behaviour, FaultServer};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("email-process-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+fn write_config(dir: &Path, port: u16, extra_smtp: &str) -> PathBuf {
+    let d = dir.display();
+    let yaml = format!(
+        "email:\n  queue:\n    default:\n      path: {d}/email.db\n  server:\n    max-fails: 10\n    max-time: 1h\n    \
+         batch: 50\n    lease: 2s\n    database:\n      engine: sqlite3\n      path: {d}/email.db\n    smtp:\n      \
+         host: 127.0.0.1\n      port: {port}\n      security: plain\n      max-connections: 4\n{extra_smtp}"
+    );
+    let path = dir.join("email.yaml");
+    std::fs::write(&path, yaml).expect("config");
+    path
+}
+
+fn server(config: &Path, log: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_email-server"))
+        .args(["--config", config.to_str().expect("path"), "--log", log, "run"])
+        .env_remove("EMAIL_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn email-server")
+}
+
+async fn open_emails(store: &Store) -> (u64, u64) {
+    let st = store.stats(email_server::dispatch::now_ms()).await.expect("stats").states;
+    let open = ["scheduled", "queued", "sending", "deferred"].iter().map(|k| st[*k]).sum();
+    (open, st["sent"])
+}
+
+/// Enqueue 2,000 emails, SIGKILL the server repeatedly while it delivers,
+/// then let it finish: every email is sent, none is stuck in `sending`, and
+/// any email the relay received twice is marked a possible duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_loses_nothing() {
+    const N: usize = 2_000;
+    let Some(sink) = Aiosmtpd::start().await else { return };
+    let dir = temp("crash");
+    let config = write_config(&dir, sink.port, "");
+    let db = dir.join("email.db");
+    let mailer = Mailer::embedded(&db).await.expect("mailer").buffered(N);
+    for i in 0..N {
+        let e = Email::builder()
+            .from("shop@example.com")
+            .to(format!("user{i}@example.com").as_str())
+            .subject(format!("order {i}"))
+            .text("thanks")
+            .build()
+            .expect("build");
+        mailer.enqueue(&e).await.expect("enqueue");
+    }
+    assert_eq!(mailer.flush().await.expect("flush").written, N as u64);
+    let store = Store::Sqlite(SqliteStore::open(&db).await.expect("store"));
+
+    let mut kills = 0;
+    for round in 0..12u64 {
+        let mut child = server(&config, "warn");
+        tokio::time::sleep(Duration::from_millis(250 + (round * 97) % 400)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        kills += 1;
+        if open_emails(&store).await.0 == 0 {
+            break;
+        }
+    }
+    let mut child = server(&config, "warn");
+    let start = Instant::now();
+    loop {
+        let (open, _) = open_emails(&store).await;
+        if open == 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "{open} emails still open after 120 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(child.wait().expect("wait").success());
+
+    let (_, sent) = open_emails(&store).await;
+    assert_eq!(sent, N as u64, "every email sent after {kills} kills");
+    // What the relay received, by Message-ID.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for m in sink.messages() {
+        let parsed = Email::parse(&m.data).expect("the relay got a whole message");
+        *seen.entry(parsed.message_id().expect("id").to_owned()).or_default() += 1;
+    }
+    let rows = store.list(None, N as u32 + 10, email_server::dispatch::now_ms()).await.expect("list");
+    assert_eq!(rows.len(), N);
+    let mut dups = 0;
+    for r in rows {
+        let id = r.message_id.clone().expect("message id");
+        let n = seen.get(&id).copied().unwrap_or(0);
+        assert!(n >= 1, "{} was never received", r.id);
+        if n > 1 {
+            dups += 1;
+            assert!(r.possible_duplicate, "{} received {n} times but not marked a possible duplicate", r.id);
+        }
+    }
+    eprintln!("{kills} kills, {dups} possible duplicates (marked), {N} delivered");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The SMTP password, given in the config and in the environment, never
+/// appears in the logs at trace level, nor in check-config's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs() {
+    const PASSWORD: &str = "S3cr3t-Pa55w0rd!";
+    let relay = FaultServer::start(Behaviour::new().auth("mailer", PASSWORD)).await;
+    let dir = temp("secrets");
+    let auth = "      auth:\n        username: mailer\n        password: not-the-real-one\n";
+    let config = write_config(&dir, relay.addr().port(), auth);
+    let db = dir.join("email.db");
+    let mailer = Mailer::embedded(&db).await.expect("mailer");
+    let e = Email::builder()
+        .from("shop@example.com")
+        .to("ann@example.com")
+        .text("x")
+        .build()
+        .expect("build");
+    mailer.enqueue(&e).await.expect("enqueue");
+
+    // The real password comes from the environment, overriding the file.
+    let child = Command::new(env!("CARGO_BIN_EXE_email-server"))
+        .args(["--config", config.to_str().expect("path"), "--log", "trace", "run"])
+        .env("EMAIL_SMTP_PASSWORD", PASSWORD)
+        .env_remove("EMAIL_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while relay.received().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "not delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let out = child.wait_with_output().expect("wait");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("AUTH"), "trace logs show the session: {logs}");
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for secret in [
+        PASSWORD.to_owned(),
+        "not-the-real-one".to_owned(),
+        b64.encode(format!("\0mailer\0{PASSWORD}")),
+        b64.encode(PASSWORD),
+    ] {
+        assert!(!logs.contains(&secret), "secret {secret:?} in the logs");
+    }
+    let check = Command::new(env!("CARGO_BIN_EXE_email-server"))
+        .args(["--config", config.to_str().expect("path"), "check-config"])
+        .env("EMAIL_SMTP_PASSWORD", PASSWORD)
+        .output()
+        .expect("check-config");
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && shown.contains("***"), "{shown}");
+    assert!(!shown.contains(PASSWORD) && !shown.contains("not-the-real-one"));
+    std::fs::remove_dir_all(&dir).ok();
+}
