@@ -314,3 +314,35 @@ async fn shutdown_releases_what_it_cannot_finish() {
     assert_eq!(row.state, "queued", "released, not stuck in sending");
     assert!(attempts.is_empty());
 }
+
+#[tokio::test]
+async fn runs_inside_the_application_process() {
+    let dir = std::env::temp_dir().join(format!("email-dispatch-{}-inproc", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let _guard = tempdir::Dir(dir.clone());
+    let d = dir.display();
+    let yaml = format!(
+        "email:\n  queue:\n    default:\n      path: {d}/email.db\n  server:\n    database:\n      path: {d}/email.db\n    outbox: {d}/outbox\n"
+    );
+    let config = email::config::Config::from_yaml_str(&yaml, "test").expect("config");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_config = config.clone();
+    let server = tokio::spawn(async move {
+        email_server::run(&server_config, async {
+            stopped.await.ok();
+        })
+        .await
+    });
+    let mailer = Mailer::from_config(&config).await.expect("mailer");
+    let id = mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
+    let file = dir.join("outbox").join(format!("{id}.eml"));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !file.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("delivered to the outbox in-process");
+    stop.send(()).ok();
+    server.await.expect("join").expect("clean shutdown");
+}

@@ -77,8 +77,11 @@ fn ms(d: Duration) -> i64 {
 /// wake-up, not a polling interval.
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
+/// How long to wait before trying the database again after an error.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
 /// Runs until `shutdown` turns true, then finishes or releases what is in
-/// flight.
+/// flight. Database errors are logged and retried, not fatal.
 pub async fn run(
     store: Store,
     transport: Transport,
@@ -99,18 +102,29 @@ pub async fn run(
         }
         let now = now_ms();
         if now - last_sweep >= 30_000 {
-            let n = store.expire_overdue(now, ms(settings.max_time)).await?;
-            if n > 0 {
-                tracing::info!(emails = n, "expired: max-time passed");
+            match store.expire_overdue(now, ms(settings.max_time)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(emails = n, "expired: max-time passed"),
+                Err(e) => tracing::warn!(error = %e, "expiry sweep failed; retrying later"),
             }
             last_sweep = now;
         }
         let free = settings.batch.max(1).saturating_sub(tasks.len());
         let mut got = 0;
         if free > 0 {
-            let claimed = store
-                .claim(&settings.owner, free, now, ms(settings.lease))
-                .await?;
+            let claimed = match store.claim(&settings.owner, free, now, ms(settings.lease)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // A busy or briefly unavailable database is not a reason
+                    // to stop delivering: wait a little and try again.
+                    tracing::warn!(error = %e, "claim failed; retrying in 1 s");
+                    tokio::select! {
+                        () = tokio::time::sleep(STORE_RETRY) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            };
             got = claimed.len();
             for c in claimed {
                 let (store, transport, settings, wire) = (
@@ -132,11 +146,15 @@ pub async fn run(
         if free > 0 && got == free {
             continue; // more may be due: claim again as capacity frees up
         }
-        let sleep = match store.next_wake().await? {
-            Some(t) => {
+        let sleep = match store.next_wake().await {
+            Ok(Some(t)) => {
                 Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0)).min(MAX_IDLE)
             }
-            None => MAX_IDLE,
+            Ok(None) => MAX_IDLE,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the next due time failed");
+                STORE_RETRY
+            }
         };
         // With everything due already claimed, a wake time in the past only
         // means our own leases; wait for a task instead.
