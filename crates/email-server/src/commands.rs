@@ -252,8 +252,11 @@ async fn stats(config: &Config, as_json: bool) -> Result<(), CliError> {
         return out(&to_json(&s)?);
     }
     let mut text = String::new();
-    for (state, n) in &s.states {
-        text += &format!("{state:<10} {n}\n");
+    for state in crate::store::STATES {
+        text += &format!(
+            "{state:<10} {}\n",
+            s.states.get(state).copied().unwrap_or(0)
+        );
     }
     let ms = |v: Option<i64>| v.map_or_else(|| "-".into(), |v| format!("{v} ms"));
     text += &format!(

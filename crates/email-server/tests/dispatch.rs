@@ -96,11 +96,25 @@ fn email(to: &str) -> Email {
 /// test's patience runs out), then shuts it down cleanly.
 async fn dispatch_until_done(c: &Case, transport: Transport, s: Settings) {
     let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(dispatch::run(c.store.clone(), transport, s, Arc::new(Notify::new()), rx));
+    let task = tokio::spawn(dispatch::run(
+        c.store.clone(),
+        transport,
+        s,
+        Arc::new(Notify::new()),
+        rx,
+    ));
     let done = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            let st = c.store.stats(dispatch::now_ms()).await.expect("stats").states;
-            let open: u64 = ["scheduled", "queued", "sending", "deferred"].iter().map(|k| st[*k]).sum();
+            let st = c
+                .store
+                .stats(dispatch::now_ms())
+                .await
+                .expect("stats")
+                .states;
+            let open: u64 = ["scheduled", "queued", "sending", "deferred"]
+                .iter()
+                .map(|k| st[*k])
+                .sum();
             if open == 0 {
                 break;
             }
@@ -113,16 +127,33 @@ async fn dispatch_until_done(c: &Case, transport: Transport, s: Settings) {
     done.expect("emails did not reach a terminal state in 20 s");
 }
 
-async fn show(c: &Case, id: email::EmailId) -> (email_server::store::EmailRow, Vec<email_server::store::Attempt>) {
-    let (row, attempts, _) = c.store.show(&id.to_string(), dispatch::now_ms()).await.expect("show");
+async fn show(
+    c: &Case,
+    id: email::EmailId,
+) -> (
+    email_server::store::EmailRow,
+    Vec<email_server::store::Attempt>,
+) {
+    let (row, attempts, _) = c
+        .store
+        .show(&id.to_string(), dispatch::now_ms())
+        .await
+        .expect("show");
     (row, attempts)
 }
 
 #[tokio::test]
 async fn transient_then_success() {
-    let server = FaultServer::start(Behaviour::new().fault_once(Step::Mail, Action::Reply("451 4.3.0 try later".into()))).await;
+    let server = FaultServer::start(
+        Behaviour::new().fault_once(Step::Mail, Action::Reply("451 4.3.0 try later".into())),
+    )
+    .await;
     let c = case("4xx").await;
-    let id = c.mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
+    let id = c
+        .mailer
+        .enqueue(&email("ann@example.com"))
+        .await
+        .expect("enqueue");
     dispatch_until_done(&c, transport(server.addr()), settings()).await;
     let (row, attempts) = show(&c, id).await;
     assert_eq!(row.state, "sent");
@@ -136,21 +167,33 @@ async fn transient_then_success() {
 
 #[tokio::test]
 async fn permanent_failure_is_not_retried() {
-    let server = FaultServer::start(Behaviour::new().fault(Step::Mail, Action::Reply("550 5.7.1 relaying denied".into()))).await;
+    let server = FaultServer::start(Behaviour::new().fault(
+        Step::Mail,
+        Action::Reply("550 5.7.1 relaying denied".into()),
+    ))
+    .await;
     let c = case("5xx").await;
-    let id = c.mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
+    let id = c
+        .mailer
+        .enqueue(&email("ann@example.com"))
+        .await
+        .expect("enqueue");
     dispatch_until_done(&c, transport(server.addr()), settings()).await;
     let (row, attempts) = show(&c, id).await;
     assert_eq!(row.state, "failed");
     assert_eq!(attempts.len(), 1);
-    assert!(row.last_reason.as_deref().unwrap_or("").contains("550"), "{row:?}");
+    assert!(
+        row.last_reason.as_deref().unwrap_or("").contains("550"),
+        "{row:?}"
+    );
 }
 
 #[tokio::test]
 async fn one_rejected_recipient_does_not_fail_the_others() {
-    let server = FaultServer::start(
-        Behaviour::new().fault(Step::RcptTo("bad@example.com".into()), Action::Reply("550 5.1.1 no such user".into())),
-    )
+    let server = FaultServer::start(Behaviour::new().fault(
+        Step::RcptTo("bad@example.com".into()),
+        Action::Reply("550 5.1.1 no such user".into()),
+    ))
     .await;
     let c = case("rcpt").await;
     let id = c
@@ -161,11 +204,25 @@ async fn one_rejected_recipient_does_not_fail_the_others() {
     dispatch_until_done(&c, transport(server.addr()), settings()).await;
     let (row, attempts) = show(&c, id).await;
     assert_eq!(row.state, "sent");
-    assert!(row.last_reason.as_deref().unwrap_or("").contains("bad@example.com: 550"), "{row:?}");
-    let codes: Vec<(String, u16)> = attempts[0].recipients.iter().map(|r| (r.address.clone(), r.code)).collect();
+    assert!(
+        row.last_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("bad@example.com: 550"),
+        "{row:?}"
+    );
+    let codes: Vec<(String, u16)> = attempts[0]
+        .recipients
+        .iter()
+        .map(|r| (r.address.clone(), r.code))
+        .collect();
     assert_eq!(
         codes,
-        [("ann@example.com".into(), 250), ("bad@example.com".into(), 550), ("bob@example.com".into(), 250)]
+        [
+            ("ann@example.com".into(), 250),
+            ("bad@example.com".into(), 550),
+            ("bob@example.com".into(), 250)
+        ]
     );
     let got = server.received();
     assert_eq!(got.len(), 1);
@@ -174,12 +231,17 @@ async fn one_rejected_recipient_does_not_fail_the_others() {
 
 #[tokio::test]
 async fn greylisted_recipient_is_retried_alone() {
-    let server = FaultServer::start(
-        Behaviour::new().fault_once(Step::RcptTo("grey@example.com".into()), Action::Reply("450 4.2.0 greylisted".into())),
-    )
+    let server = FaultServer::start(Behaviour::new().fault_once(
+        Step::RcptTo("grey@example.com".into()),
+        Action::Reply("450 4.2.0 greylisted".into()),
+    ))
     .await;
     let c = case("grey").await;
-    let id = c.mailer.enqueue(&email("ann@example.com, grey@example.com")).await.expect("enqueue");
+    let id = c
+        .mailer
+        .enqueue(&email("ann@example.com, grey@example.com"))
+        .await
+        .expect("enqueue");
     dispatch_until_done(&c, transport(server.addr()), settings()).await;
     let (row, attempts) = show(&c, id).await;
     assert_eq!(row.state, "sent");
@@ -187,28 +249,51 @@ async fn greylisted_recipient_is_retried_alone() {
     let got = server.received();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].rcpt_to, ["ann@example.com"]);
-    assert_eq!(got[1].rcpt_to, ["grey@example.com"], "only the deferred recipient is retried");
+    assert_eq!(
+        got[1].rcpt_to,
+        ["grey@example.com"],
+        "only the deferred recipient is retried"
+    );
 }
 
 #[tokio::test]
 async fn max_fails_leads_to_failed_with_the_last_reason() {
-    let server = FaultServer::start(Behaviour::new().fault(Step::Mail, Action::Reply("452 4.3.1 out of storage".into()))).await;
+    let server = FaultServer::start(
+        Behaviour::new().fault(Step::Mail, Action::Reply("452 4.3.1 out of storage".into())),
+    )
+    .await;
     let c = case("maxfails").await;
-    let id = c.mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
+    let id = c
+        .mailer
+        .enqueue(&email("ann@example.com"))
+        .await
+        .expect("enqueue");
     dispatch_until_done(&c, transport(server.addr()), settings()).await;
     let (row, attempts) = show(&c, id).await;
     assert_eq!(row.state, "failed");
     assert_eq!(attempts.len(), 3);
     let reason = row.last_reason.unwrap_or_default();
-    assert!(reason.starts_with("max-fails (3) reached") && reason.contains("452"), "{reason}");
+    assert!(
+        reason.starts_with("max-fails (3) reached") && reason.contains("452"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]
 async fn max_time_leads_to_expired_with_the_last_reason() {
-    let server = FaultServer::start(Behaviour::new().fault(Step::Mail, Action::Reply("451 4.4.1 busy".into()))).await;
+    let server = FaultServer::start(
+        Behaviour::new().fault(Step::Mail, Action::Reply("451 4.4.1 busy".into())),
+    )
+    .await;
     let c = case("maxtime").await;
-    let opts = SendOptions::default().max_time(Duration::from_millis(300)).max_fails(100);
-    let id = c.mailer.enqueue_with(&email("ann@example.com"), None, &opts).await.expect("enqueue");
+    let opts = SendOptions::default()
+        .max_time(Duration::from_millis(300))
+        .max_fails(100);
+    let id = c
+        .mailer
+        .enqueue_with(&email("ann@example.com"), None, &opts)
+        .await
+        .expect("enqueue");
     dispatch_until_done(&c, transport(server.addr()), settings()).await;
     let (row, attempts) = show(&c, id).await;
     assert_eq!(row.state, "expired");
@@ -222,17 +307,38 @@ async fn expiry_applies_in_every_waiting_state() {
     let c = case("expiry").await;
     let tiny = SendOptions::default().max_time(Duration::from_millis(1));
     // queued, past its deadline before any attempt
-    let queued = c.mailer.enqueue_with(&email("a@example.com"), None, &tiny).await.expect("q");
+    let queued = c
+        .mailer
+        .enqueue_with(&email("a@example.com"), None, &tiny)
+        .await
+        .expect("q");
     // sending, claimed by a process that died, past its deadline
-    let sending = c.mailer.enqueue_with(&email("b@example.com"), None, &tiny).await.expect("s");
+    let sending = c
+        .mailer
+        .enqueue_with(&email("b@example.com"), None, &tiny)
+        .await
+        .expect("s");
     // scheduled far ahead: max-time counts from the due time, so not expired
     let at: jiff::Timestamp = "2099-01-01T00:00:00Z".parse().expect("ts");
-    let scheduled = c.mailer.enqueue_with(&email("c@example.com"), Some(at), &tiny).await.expect("sch");
+    let scheduled = c
+        .mailer
+        .enqueue_with(&email("c@example.com"), Some(at), &tiny)
+        .await
+        .expect("sch");
     tokio::time::sleep(Duration::from_millis(20)).await;
     // A dead owner holds `sending` with a lease that already ran out.
-    c.store.claim("dead", 1, dispatch::now_ms(), -1).await.expect("claim");
+    c.store
+        .claim("dead", 1, dispatch::now_ms(), -1)
+        .await
+        .expect("claim");
     let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(dispatch::run(c.store.clone(), transport(server.addr()), settings(), Arc::new(Notify::new()), rx));
+    let task = tokio::spawn(dispatch::run(
+        c.store.clone(),
+        transport(server.addr()),
+        settings(),
+        Arc::new(Notify::new()),
+        rx,
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     tx.send(true).ok();
     task.await.expect("join").expect("dispatcher");
@@ -250,21 +356,37 @@ async fn expiry_applies_in_every_waiting_state() {
 async fn cut_off_after_final_dot_is_marked_and_retried() {
     let server = FaultServer::start(Behaviour::new().fault_once(Step::DataEnd, Action::Drop)).await;
     let c = case("dup").await;
-    let id = c.mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
+    let id = c
+        .mailer
+        .enqueue(&email("ann@example.com"))
+        .await
+        .expect("enqueue");
     dispatch_until_done(&c, transport(server.addr()), settings()).await;
     let (row, attempts) = show(&c, id).await;
     assert_eq!(row.state, "sent");
     assert!(row.possible_duplicate);
     assert!(attempts[0].possible_duplicate);
-    assert_eq!(server.received().len(), 2, "at least once: the relay saw it twice");
+    assert_eq!(
+        server.received().len(),
+        2,
+        "at least once: the relay saw it twice"
+    );
 }
 
 #[tokio::test]
 async fn a_dead_owners_claim_is_taken_over_after_its_lease() {
     let server = FaultServer::start(Behaviour::new()).await;
     let c = case("lease").await;
-    let id = c.mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
-    let claimed = c.store.claim("dead", 10, dispatch::now_ms(), 300).await.expect("claim");
+    let id = c
+        .mailer
+        .enqueue(&email("ann@example.com"))
+        .await
+        .expect("enqueue");
+    let claimed = c
+        .store
+        .claim("dead", 10, dispatch::now_ms(), 300)
+        .await
+        .expect("claim");
     assert_eq!(claimed.len(), 1);
     dispatch_until_done(&c, transport(server.addr()), settings()).await;
     let (row, _) = show(&c, id).await;
@@ -273,7 +395,13 @@ async fn a_dead_owners_claim_is_taken_over_after_its_lease() {
     // The dead owner's late completion is fenced off.
     let stale = c
         .store
-        .record(&claimed[0], None, &email_server::store::Next::Failed, &[], "late")
+        .record(
+            &claimed[0],
+            None,
+            &email_server::store::Next::Failed,
+            &[],
+            "late",
+        )
         .await
         .expect("record");
     assert!(!stale);
@@ -284,24 +412,55 @@ async fn a_dead_owners_claim_is_taken_over_after_its_lease() {
 async fn higher_priority_is_claimed_first() {
     let server = FaultServer::start(Behaviour::new()).await;
     let c = case("priority").await;
-    for (to, p) in [("low@example.com", 0), ("high@example.com", 9), ("mid@example.com", 5)] {
+    for (to, p) in [
+        ("low@example.com", 0),
+        ("high@example.com", 9),
+        ("mid@example.com", 5),
+    ] {
         let opts = SendOptions::default().priority(p);
-        c.mailer.enqueue_with(&email(to), None, &opts).await.expect("enqueue");
+        c.mailer
+            .enqueue_with(&email(to), None, &opts)
+            .await
+            .expect("enqueue");
     }
-    let s = Settings { batch: 1, concurrency: 1, ..settings() };
+    let s = Settings {
+        batch: 1,
+        concurrency: 1,
+        ..settings()
+    };
     dispatch_until_done(&c, transport(server.addr()), s).await;
-    let order: Vec<String> = server.received().iter().map(|m| m.rcpt_to[0].clone()).collect();
-    assert_eq!(order, ["high@example.com", "mid@example.com", "low@example.com"]);
+    let order: Vec<String> = server
+        .received()
+        .iter()
+        .map(|m| m.rcpt_to[0].clone())
+        .collect();
+    assert_eq!(
+        order,
+        ["high@example.com", "mid@example.com", "low@example.com"]
+    );
 }
 
 #[tokio::test]
 async fn shutdown_releases_what_it_cannot_finish() {
     let server = FaultServer::start(Behaviour::new().fault(Step::DataEnd, Action::Stall)).await;
     let c = case("shutdown").await;
-    let id = c.mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
-    let s = Settings { shutdown_grace: Duration::from_millis(300), ..settings() };
+    let id = c
+        .mailer
+        .enqueue(&email("ann@example.com"))
+        .await
+        .expect("enqueue");
+    let s = Settings {
+        shutdown_grace: Duration::from_millis(300),
+        ..settings()
+    };
     let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(dispatch::run(c.store.clone(), transport(server.addr()), s, Arc::new(Notify::new()), rx));
+    let task = tokio::spawn(dispatch::run(
+        c.store.clone(),
+        transport(server.addr()),
+        s,
+        Arc::new(Notify::new()),
+        rx,
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(show(&c, id).await.0.state, "sending");
     tx.send(true).ok();
@@ -334,7 +493,10 @@ async fn runs_inside_the_application_process() {
         .await
     });
     let mailer = Mailer::from_config(&config).await.expect("mailer");
-    let id = mailer.enqueue(&email("ann@example.com")).await.expect("enqueue");
+    let id = mailer
+        .enqueue(&email("ann@example.com"))
+        .await
+        .expect("enqueue");
     let file = dir.join("outbox").join(format!("{id}.eml"));
     tokio::time::timeout(Duration::from_secs(10), async {
         while !file.exists() {

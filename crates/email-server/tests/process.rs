@@ -36,7 +36,13 @@ fn write_config(dir: &Path, port: u16, extra_smtp: &str) -> PathBuf {
 
 fn server(config: &Path, log: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_email-server"))
-        .args(["--config", config.to_str().expect("path"), "--log", log, "run"])
+        .args([
+            "--config",
+            config.to_str().expect("path"),
+            "--log",
+            log,
+            "run",
+        ])
         .env_remove("EMAIL_CONFIG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -45,8 +51,15 @@ fn server(config: &Path, log: &str) -> Child {
 }
 
 async fn open_emails(store: &Store) -> (u64, u64) {
-    let st = store.stats(email_server::dispatch::now_ms()).await.expect("stats").states;
-    let open = ["scheduled", "queued", "sending", "deferred"].iter().map(|k| st[*k]).sum();
+    let st = store
+        .stats(email_server::dispatch::now_ms())
+        .await
+        .expect("stats")
+        .states;
+    let open = ["scheduled", "queued", "sending", "deferred"]
+        .iter()
+        .map(|k| st[*k])
+        .sum();
     (open, st["sent"])
 }
 
@@ -56,7 +69,9 @@ async fn open_emails(store: &Store) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_loses_nothing() {
     const N: usize = 2_000;
-    let Some(sink) = Aiosmtpd::start().await else { return };
+    let Some(sink) = Aiosmtpd::start().await else {
+        return;
+    };
     let dir = temp("crash");
     let config = write_config(&dir, sink.port, "");
     let db = dir.join("email.db");
@@ -92,10 +107,16 @@ async fn kill_dash_nine_loses_nothing() {
         if open == 0 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "{open} emails still open after 120 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{open} emails still open after 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(child.wait().expect("wait").success());
 
     let (_, sent) = open_emails(&store).await;
@@ -104,9 +125,14 @@ async fn kill_dash_nine_loses_nothing() {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for m in sink.messages() {
         let parsed = Email::parse(&m.data).expect("the relay got a whole message");
-        *seen.entry(parsed.message_id().expect("id").to_owned()).or_default() += 1;
+        *seen
+            .entry(parsed.message_id().expect("id").to_owned())
+            .or_default() += 1;
     }
-    let rows = store.list(None, N as u32 + 10, email_server::dispatch::now_ms()).await.expect("list");
+    let rows = store
+        .list(None, N as u32 + 10, email_server::dispatch::now_ms())
+        .await
+        .expect("list");
     assert_eq!(rows.len(), N);
     let mut dups = 0;
     for r in rows {
@@ -115,7 +141,11 @@ async fn kill_dash_nine_loses_nothing() {
         assert!(n >= 1, "{} was never received", r.id);
         if n > 1 {
             dups += 1;
-            assert!(r.possible_duplicate, "{} received {n} times but not marked a possible duplicate", r.id);
+            assert!(
+                r.possible_duplicate,
+                "{} received {n} times but not marked a possible duplicate",
+                r.id
+            );
         }
     }
     eprintln!("{kills} kills, {dups} possible duplicates (marked), {N} delivered");
@@ -143,7 +173,13 @@ async fn secrets_never_reach_the_logs() {
 
     // The real password comes from the environment, overriding the file.
     let child = Command::new(env!("CARGO_BIN_EXE_email-server"))
-        .args(["--config", config.to_str().expect("path"), "--log", "trace", "run"])
+        .args([
+            "--config",
+            config.to_str().expect("path"),
+            "--log",
+            "trace",
+            "run",
+        ])
         .env("EMAIL_SMTP_PASSWORD", PASSWORD)
         .env_remove("EMAIL_CONFIG")
         .stdout(Stdio::null())
@@ -155,7 +191,10 @@ async fn secrets_never_reach_the_logs() {
         assert!(start.elapsed() < Duration::from_secs(20), "not delivered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     let out = child.wait_with_output().expect("wait");
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(logs.contains("AUTH"), "trace logs show the session: {logs}");

@@ -112,7 +112,10 @@ pub async fn run(
         let free = settings.batch.max(1).saturating_sub(tasks.len());
         let mut got = 0;
         if free > 0 {
-            let claimed = match store.claim(&settings.owner, free, now, ms(settings.lease)).await {
+            let claimed = match store
+                .claim(&settings.owner, free, now, ms(settings.lease))
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     // A busy or briefly unavailable database is not a reason
