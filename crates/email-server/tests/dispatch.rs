@@ -508,3 +508,160 @@ async fn runs_inside_the_application_process() {
     stop.send(()).ok();
     server.await.expect("join").expect("clean shutdown");
 }
+
+/// Every way a relay can fail ends, with one attempt allowed, in `failed`
+/// with a reason that says what happened.
+#[tokio::test]
+async fn each_relay_fault_is_recorded_with_its_reason() {
+    let cases: Vec<(&str, Step, Action, &str)> = vec![
+        (
+            "421",
+            Step::Mail,
+            Action::ReplyAndClose("421 4.3.2 shutting down".into()),
+            "421",
+        ),
+        ("drop-before-data", Step::Rcpt, Action::Drop, "closed"),
+        ("stall", Step::Mail, Action::Stall, "timed out"),
+        (
+            "garbage",
+            Step::Mail,
+            Action::Reply("hello there".into()),
+            "protocol",
+        ),
+        (
+            "early-250",
+            Step::Data,
+            Action::Reply("354 go\r\n250 early".into()),
+            "protocol",
+        ),
+    ];
+    for (name, step, action, expect) in cases {
+        let server = FaultServer::start(Behaviour::new().fault(step, action)).await;
+        let c = case(&format!("fault-{name}")).await;
+        let id = c
+            .mailer
+            .enqueue(&email("ann@example.com"))
+            .await
+            .expect("enqueue");
+        let mut t = transport(server.addr());
+        if let Transport::Smtp { pool, relay } = &mut t {
+            // Short phase timeouts, so the stall case ends quickly.
+            let mut config = SmtpConfig {
+                host: server.addr().ip().to_string(),
+                port: server.addr().port(),
+                security: Security::Plain,
+                hello_name: "client.test".into(),
+                ..SmtpConfig::default()
+            };
+            let each = Duration::from_millis(300);
+            config.timeouts = Timeouts {
+                connect: each,
+                greeting: each,
+                ehlo: each,
+                mail: each,
+                rcpt: each,
+                data_init: each,
+                data_block: each,
+                data_end: each,
+                quit: each,
+            };
+            *pool = SmtpPool::new(config).expect("config");
+            relay.push_str(" (short timeouts)");
+        }
+        dispatch_until_done(
+            &c,
+            t,
+            Settings {
+                max_fails: 1,
+                ..settings()
+            },
+        )
+        .await;
+        let (row, attempts) = show(&c, id).await;
+        assert_eq!(row.state, "failed", "{name}: {row:?}");
+        assert_eq!(attempts.len(), 1, "{name}");
+        let reason = row.last_reason.unwrap_or_default().to_lowercase();
+        assert!(
+            reason.contains(expect),
+            "{name}: reason {reason:?} should mention {expect:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retries_wait_for_the_backoff() {
+    let server = FaultServer::start(
+        Behaviour::new().fault_once(Step::Mail, Action::Reply("451 4.3.0 later".into())),
+    )
+    .await;
+    let c = case("backoff").await;
+    let id = c
+        .mailer
+        .enqueue(&email("ann@example.com"))
+        .await
+        .expect("enqueue");
+    let s = Settings {
+        retry_base: Duration::from_millis(400),
+        retry_max: Duration::from_secs(1),
+        ..settings()
+    };
+    dispatch_until_done(&c, transport(server.addr()), s).await;
+    let (_, attempts) = show(&c, id).await;
+    let gap = attempts[1].started_at - attempts[0].finished_at;
+    // 400 ms × jitter in [0.75, 1.25), and the dispatcher sleeps until then.
+    assert!((300..900).contains(&gap), "second attempt after {gap} ms");
+}
+
+#[tokio::test]
+async fn corrupt_stored_emails_fail_without_stopping_the_rest() {
+    let server = FaultServer::start(Behaviour::new()).await;
+    let c = case("corrupt").await;
+    let bad_raw = c
+        .mailer
+        .enqueue(&email("a@example.com"))
+        .await
+        .expect("enqueue");
+    let bad_json = c
+        .mailer
+        .enqueue(&email("b@example.com"))
+        .await
+        .expect("enqueue");
+    let good = c
+        .mailer
+        .enqueue(&email("c@example.com"))
+        .await
+        .expect("enqueue");
+    let Store::Sqlite(s) = &c.store;
+    let pool = s.embedded().pool();
+    sqlx::query("UPDATE emails SET raw = x'' WHERE id = ?1")
+        .bind(bad_raw.to_string())
+        .execute(pool)
+        .await
+        .expect("corrupt raw");
+    sqlx::query("UPDATE emails SET pending = '{not json' WHERE id = ?1")
+        .bind(bad_json.to_string())
+        .execute(pool)
+        .await
+        .expect("corrupt json");
+    dispatch_until_done(&c, transport(server.addr()), settings()).await;
+    let raw_row = show(&c, bad_raw).await.0;
+    assert_eq!(raw_row.state, "failed");
+    assert!(
+        raw_row
+            .last_reason
+            .unwrap_or_default()
+            .contains("stored message is corrupt")
+    );
+    let state: String =
+        sqlx::query_scalar("SELECT state || ': ' || last_reason FROM emails WHERE id = ?1")
+            .bind(bad_json.to_string())
+            .fetch_one(pool)
+            .await
+            .expect("row");
+    assert!(
+        state.starts_with("failed: stored record is corrupt"),
+        "{state}"
+    );
+    assert_eq!(show(&c, good).await.0.state, "sent");
+    assert_eq!(server.received().len(), 1);
+}
