@@ -63,17 +63,7 @@ fn transport(addr: SocketAddr) -> Transport {
         port: addr.port(),
         security: Security::Plain,
         hello_name: "client.test".into(),
-        timeouts: Timeouts {
-            connect: each,
-            greeting: each,
-            ehlo: each,
-            mail: each,
-            rcpt: each,
-            data_init: each,
-            data_block: each,
-            data_end: each,
-            quit: each,
-        },
+        timeouts: Timeouts::uniform(each),
         ..SmtpConfig::default()
     };
     Transport::Smtp {
@@ -554,17 +544,7 @@ async fn each_relay_fault_is_recorded_with_its_reason() {
                 ..SmtpConfig::default()
             };
             let each = Duration::from_millis(300);
-            config.timeouts = Timeouts {
-                connect: each,
-                greeting: each,
-                ehlo: each,
-                mail: each,
-                rcpt: each,
-                data_init: each,
-                data_block: each,
-                data_end: each,
-                quit: each,
-            };
+            config.timeouts = Timeouts::uniform(each);
             *pool = SmtpPool::new(config).expect("config");
             relay.push_str(" (short timeouts)");
         }

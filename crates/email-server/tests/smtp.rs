@@ -35,17 +35,7 @@ async fn guard<T>(test: impl Future<Output = T>) -> T {
 }
 
 fn timeouts(each: Duration) -> Timeouts {
-    Timeouts {
-        connect: each,
-        greeting: each,
-        ehlo: each,
-        mail: each,
-        rcpt: each,
-        data_init: each,
-        data_block: each,
-        data_end: each,
-        quit: each,
-    }
+    Timeouts::uniform(each)
 }
 
 /// Plaintext to the server, generous timeouts (stall tests shorten them).

@@ -158,6 +158,22 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// The same limit for every phase: for tests and for relays on the same
+    /// network, where RFC 5321's minutes are far too patient.
+    pub fn uniform(each: Duration) -> Timeouts {
+        Timeouts {
+            connect: each,
+            greeting: each,
+            ehlo: each,
+            mail: each,
+            rcpt: each,
+            data_init: each,
+            data_block: each,
+            data_end: each,
+            quit: each,
+        }
+    }
+
     fn all(&self) -> [(&'static str, Duration); 9] {
         [
             ("connect", self.connect),
