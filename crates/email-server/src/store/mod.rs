@@ -227,6 +227,12 @@ macro_rules! delegate {
 }
 
 impl Store {
+    /// Intake: stores emails handed over by a queue, idempotently by id
+    /// (and by idempotency key), in one transaction. Returns each email's
+    /// id (the earlier one when its idempotency key was already used).
+    pub async fn insert(&self, batch: &[email::queue::Queued]) -> Result<Vec<email::EmailId>, StoreError> {
+        delegate!(self, s => Ok(s.embedded().insert(batch).await?))
+    }
     /// Claims up to `limit` due emails (higher priority first), and emails
     /// whose lease expired, for `owner` until `now + lease_ms`.
     pub async fn claim(

@@ -157,7 +157,7 @@ async fn insert_one(
         "INSERT INTO emails (id, idempotency_key, state, priority, created_at, due_at, next_at, \
          max_fails, max_time_ms, mail_from, recipients, pending, subject, message_id, raw, tags) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14) \
-         ON CONFLICT (idempotency_key) DO NOTHING",
+         ON CONFLICT DO NOTHING",
     )
     .bind(q.id.to_string())
     .bind(q.idempotency_key.clone())
@@ -176,7 +176,9 @@ async fn insert_one(
     .execute(&mut **tx)
     .await
     .map_err(QueueError::from_sqlx)?;
-    if done.rows_affected() == 1 {
+    // Nothing inserted: either this very id is already stored (a queue
+    // redelivered it; intake is idempotent) or its idempotency key is.
+    if done.rows_affected() == 1 || q.idempotency_key.is_none() {
         return Ok(q.id);
     }
     let row = sqlx::query("SELECT id FROM emails WHERE idempotency_key = ?1")
