@@ -6,6 +6,7 @@
 //! ## Layout
 //!
 //! - [`server`]: `run(config, shutdown)`, the whole server as one future.
+//! - [`intake`]: the Redis queue into the store, acknowledged after commit.
 //! - [`store`]: every email and attempt; claims under a lease.
 //! - [`dispatch`]: the claim → deliver → record loop, the retry policy
 //!   ([`dispatch::retry`]) and the transports (SMTP, outbox).
@@ -16,6 +17,7 @@
 pub mod cli;
 pub mod commands;
 pub mod dispatch;
+pub mod intake;
 pub mod server;
 pub mod smtp;
 pub mod store;

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::dispatch::{self, Settings, Transport};
 use crate::smtp::{Security, SmtpConfig, SmtpPool, Timeouts};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -46,19 +46,33 @@ pub async fn open_store(config: &Config) -> Result<Store, ServerError> {
         DatabaseEngine::Sqlite3 => Ok(Store::Sqlite(
             SqliteStore::open(&server.database.path).await?,
         )),
-        DatabaseEngine::Postgres => Err(ServerError::Config(
-            "database engine postgres is not supported yet (issue 4); use sqlite3".into(),
-        )),
+        DatabaseEngine::Postgres => {
+            let url = server.database.postgres_url().ok_or_else(|| {
+                ServerError::Config(
+                    "database engine postgres needs `url` (or EMAIL_DATABASE_URL) or `host`".into(),
+                )
+            })?;
+            Ok(Store::Postgres(PostgresStore::open(url.expose()).await?))
+        }
     }
 }
 
-/// The database file, checking that the embedded queue shares it: with the
-/// embedded engine the queue *is* the store.
+/// Checks that the queue can feed the store: with the embedded engine the
+/// queue *is* the SQLite store (the same file), so PostgreSQL needs a queue
+/// that intake moves from (Redis).
 fn check_queue(config: &Config) -> Result<(), ServerError> {
     let queue = config.email.queue();
+    let postgres = config.email.server.database.engine == DatabaseEngine::Postgres;
     match queue.engine {
-        QueueEngine::Redis => Err(ServerError::Config(
-            "queue engine redis is not supported yet (issue 4); use embedded".into(),
+        // Intake moves the stream's emails into whichever store is used.
+        QueueEngine::Redis => Ok(()),
+        // The embedded queue is a SQLite file that *is* the store: nothing
+        // would ever move its emails into PostgreSQL.
+        QueueEngine::Embedded if postgres => Err(ServerError::Config(
+            "the embedded queue is a SQLite file and cannot feed a postgres database: \
+             configure a redis queue (email.queue.default.engine: redis), \
+             or use database engine sqlite3"
+                .into(),
         )),
         QueueEngine::Embedded => {
             let (q, db) = (&queue.path, &config.email.server.database.path);
@@ -158,9 +172,27 @@ pub async fn run(
         Transport::Smtp { relay, .. } => tracing::info!(%relay, "delivering over SMTP"),
     }
     let wake = Arc::new(Notify::new());
-    let Store::Sqlite(sqlite) = &store;
-    let _listener = listen_for_wakeups(sqlite.embedded().path(), wake.clone());
+    // Wake-ups: the Mailer's datagrams (SQLite) or NOTIFY (PostgreSQL).
+    let _listener: Box<dyn Send> = match &store {
+        Store::Sqlite(s) => Box::new(listen_for_wakeups(s.embedded().path(), wake.clone())),
+        Store::Postgres(pg) => Box::new(pg.listen(wake.clone())),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
+    if config.email.queue().engine == QueueEngine::Redis {
+        let queue = email::queue::RedisQueue::open(config.email.queue())
+            .await
+            .map_err(|e| ServerError::Config(format!("queue: {e}")))?;
+        // Ends when `stop_tx` sends or is dropped; what it read and did not
+        // store yet stays pending in Redis for the next run.
+        tokio::spawn(crate::intake::run(
+            queue,
+            store.clone(),
+            settings(config).owner,
+            wake.clone(),
+            stop_rx.clone(),
+            crate::intake::IntakeSettings::default(),
+        ));
+    }
     let dispatcher = tokio::spawn(dispatch::run(
         store,
         transport,

@@ -611,7 +611,9 @@ async fn corrupt_stored_emails_fail_without_stopping_the_rest() {
         .enqueue(&email("c@example.com"))
         .await
         .expect("enqueue");
-    let Store::Sqlite(s) = &c.store;
+    let Store::Sqlite(s) = &c.store else {
+        unreachable!("these tests open SQLite stores")
+    };
     let pool = s.embedded().pool();
     sqlx::query("UPDATE emails SET raw = x'' WHERE id = ?1")
         .bind(bad_raw.to_string())

@@ -76,6 +76,7 @@ mod error;
 mod mailer;
 mod parse;
 pub mod queue;
+pub mod record;
 mod render;
 
 pub use address::{Address, IntoMailboxes, Mailbox};

@@ -197,7 +197,7 @@ impl Mailer {
         let mailer = match queue.engine {
             crate::config::QueueEngine::Embedded => Mailer::embedded(&queue.path).await?,
             crate::config::QueueEngine::Redis => {
-                return Err(MailerError::Unsupported("the redis queue engine (issue 4)"));
+                Mailer::new(Queue::Redis(crate::queue::RedisQueue::open(queue).await?))
             }
         };
         Ok(match config.email.buffer {

@@ -24,7 +24,7 @@ fn email() -> Email {
 }
 
 async fn row(mailer: &Mailer, id: email::EmailId) -> sqlx::sqlite::SqliteRow {
-    let email::queue::Queue::Embedded(db) = mailer.queue();
+    let db = mailer.queue().as_embedded().expect("embedded");
     sqlx::query("SELECT * FROM emails WHERE id = ?1")
         .bind(id.to_string())
         .fetch_one(db.pool())
@@ -113,7 +113,7 @@ async fn idempotency_key_gives_the_first_id() {
         .await
         .expect("second");
     assert_eq!(a, b);
-    let email::queue::Queue::Embedded(db) = mailer.queue();
+    let db = mailer.queue().as_embedded().expect("embedded");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM emails")
         .fetch_one(db.pool())
         .await
@@ -139,7 +139,7 @@ async fn buffered_mailer_returns_at_once_and_flush_makes_durable() {
     assert_eq!(mailer.buffer_failures(), 0);
     // Another process (here: a fresh handle) sees every email.
     let other = Mailer::embedded(&path).await.expect("reopen");
-    let email::queue::Queue::Embedded(db) = other.queue();
+    let db = other.queue().as_embedded().expect("embedded");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM emails")
         .fetch_one(db.pool())
         .await

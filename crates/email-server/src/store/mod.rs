@@ -2,8 +2,15 @@
 //! emails to the dispatcher.
 //!
 //! A closed set of backends, one file each, behind `enum Store` with a
-//! delegating `match` (PostgreSQL joins in issue 4). The embedded SQLite
-//! store is the very file the `Mailer` writes to, so intake is the insert.
+//! delegating `match`:
+//!
+//! | Backend | Config | Use |
+//! |---|---|---|
+//! | [`SqliteStore`] | `engine: sqlite3`, `path: ./email.db` | one server process; the embedded queue's own file, so intake is the insert |
+//! | [`PostgresStore`] | `engine: postgres`, `url: postgres://…` | any number of server processes sharing one database (claims skip each other's locked rows) |
+//!
+//! Both behave the same, down to the JSON text they return; the
+//! conformance suite (`tests/conformance.rs`) runs every case against each.
 //!
 //! States, as stored and as shown everywhere: `scheduled` `queued`
 //! `sending` `deferred` `sent` `failed` `expired` `cancelled`. A row
@@ -11,8 +18,10 @@
 
 use serde::Serialize;
 
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::{PostgresStore, WakeListener};
 pub use sqlite::SqliteStore;
 
 /// Every state, in the order stats print them.
@@ -32,6 +41,8 @@ pub const STATES: [&str; 8] = [
 pub enum Store {
     /// SQLite, shared with the embedded queue.
     Sqlite(SqliteStore),
+    /// PostgreSQL, shared by any number of servers.
+    Postgres(PostgresStore),
 }
 
 /// An email claimed for one delivery attempt, under a lease.
@@ -193,6 +204,10 @@ pub enum StoreError {
     /// Opening failed.
     #[error(transparent)]
     Queue(#[from] email::queue::QueueError),
+    /// The store cannot be opened as configured: an invalid schema name,
+    /// or a schema newer than this build knows.
+    #[error("opening the store: {0}")]
+    Open(String),
     /// No email has this id.
     #[error("no email with id {0}")]
     NotFound(String),
@@ -222,6 +237,7 @@ macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
             Store::Sqlite($s) => $e,
+            Store::Postgres($s) => $e,
         }
     };
 }
@@ -230,8 +246,14 @@ impl Store {
     /// Intake: stores emails handed over by a queue, idempotently by id
     /// (and by idempotency key), in one transaction. Returns each email's
     /// id (the earlier one when its idempotency key was already used).
-    pub async fn insert(&self, batch: &[email::queue::Queued]) -> Result<Vec<email::EmailId>, StoreError> {
-        delegate!(self, s => Ok(s.embedded().insert(batch).await?))
+    pub async fn insert(
+        &self,
+        batch: &[email::queue::Queued],
+    ) -> Result<Vec<email::EmailId>, StoreError> {
+        match self {
+            Store::Sqlite(s) => Ok(s.embedded().insert(batch).await?),
+            Store::Postgres(s) => s.insert(batch).await,
+        }
     }
     /// Claims up to `limit` due emails (higher priority first), and emails
     /// whose lease expired, for `owner` until `now + lease_ms`.

@@ -4,12 +4,19 @@
 //! | Engine | Config | Use |
 //! |---|---|---|
 //! | [`Embedded`] | `engine: embedded` (default), `path: ./email.db` | one machine; the app and the server share a SQLite file, or run in one process |
-//! | Redis | `engine: redis` | many app servers feeding one system (planned, issue 4) |
+//! | [`RedisQueue`] | `engine: redis`, `host`/`port`/`db`/`name` or `url` | many app servers feeding any number of `email-server`s; the record format is [`crate::record`], so producers in other languages can enqueue too |
+//!
+//! Both take a batch in [`Queue::insert`] and return the ids only once the
+//! engine has acknowledged every email: a SQLite commit with
+//! `synchronous=FULL`, or Redis replying to the XADDs.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub mod embedded;
+pub mod redis;
 
+pub use self::redis::RedisQueue;
 pub use embedded::Embedded;
 
 /// An email's id: a UUIDv7, so ids sort by creation time.
@@ -52,6 +59,8 @@ pub struct Queued {
 pub enum Queue {
     /// A SQLite file shared with the server.
     Embedded(Embedded),
+    /// A Redis stream the servers read through a consumer group.
+    Redis(RedisQueue),
 }
 
 impl Queue {
@@ -60,6 +69,23 @@ impl Queue {
     pub async fn insert(&self, batch: &[Queued]) -> Result<Vec<EmailId>, QueueError> {
         match self {
             Queue::Embedded(e) => e.insert(batch).await,
+            Queue::Redis(r) => r.insert(batch).await,
+        }
+    }
+
+    /// The embedded engine, if this is it.
+    pub fn as_embedded(&self) -> Option<&Embedded> {
+        match self {
+            Queue::Embedded(e) => Some(e),
+            Queue::Redis(_) => None,
+        }
+    }
+
+    /// The Redis engine, if this is it.
+    pub fn as_redis(&self) -> Option<&RedisQueue> {
+        match self {
+            Queue::Redis(r) => Some(r),
+            Queue::Embedded(_) => None,
         }
     }
 }
@@ -85,9 +111,33 @@ pub enum QueueError {
     /// A value could not be encoded.
     #[error("encoding the queue record: {0}")]
     Encode(String),
+    /// The configuration does not describe a usable queue (a Redis URL
+    /// that does not parse, say).
+    #[error("queue config: {0}")]
+    Config(String),
+    /// The queue's server cannot be reached or dropped the connection.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// No answer within the timeout. The emails may or may not have been
+    /// stored; inserting the same ones again is safe (intake stores each
+    /// id once, and an idempotency key gives back the first id).
+    #[error("the queue did not answer within {after:?}; the emails may or may not be stored")]
+    Timeout {
+        /// The timeout.
+        after: Duration,
+    },
 }
 
 impl QueueError {
+    /// Whether trying again later may succeed: the queue was unreachable
+    /// or slow, rather than refusing the email.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            QueueError::Unavailable(_) | QueueError::Timeout { .. }
+        )
+    }
+
     pub(crate) fn from_sqlx(e: sqlx::Error) -> QueueError {
         let text = e.to_string();
         // SQLITE_FULL: "database or disk is full".
