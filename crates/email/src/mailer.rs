@@ -377,6 +377,32 @@ impl Mailer {
     }
 }
 
+impl Queued {
+    /// An email ready for any queue: rendered once, with its envelope, its
+    /// schedule (`at`, or now; a past time means now) and its options. For
+    /// queues the `Mailer` does not drive itself, such as the transactional
+    /// outbox of `email-server`.
+    pub fn from_email(
+        email: &Email,
+        at: Option<Timestamp>,
+        options: &SendOptions,
+    ) -> Result<Queued, MailerError> {
+        let envelope = email.envelope().ok_or(MailerError::NoEnvelope)?;
+        Ok(prepare_parts(
+            envelope.mail_from.as_str().to_owned(),
+            envelope
+                .rcpt_to
+                .iter()
+                .map(|a| a.as_str().to_owned())
+                .collect(),
+            email.to_bytes(),
+            email,
+            at,
+            options,
+        ))
+    }
+}
+
 /// Wraps a rendered message with its envelope and schedule.
 fn prepare_parts(
     mail_from: String,

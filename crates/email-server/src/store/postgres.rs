@@ -334,10 +334,7 @@ impl PostgresStore {
 }
 
 /// One row of intake; returns the id the email is stored under.
-async fn insert_one(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    q: &Queued,
-) -> Result<EmailId, StoreError> {
+async fn insert_one(tx: &mut sqlx::PgConnection, q: &Queued) -> Result<EmailId, StoreError> {
     let recipients = serde_json::to_string(&q.rcpt_to).unwrap_or_else(|_| "[]".into());
     let state = if q.due_at_ms > q.created_at_ms {
         "scheduled"
@@ -368,7 +365,7 @@ async fn insert_one(
     .bind(q.message_id.as_deref())
     .bind(q.raw.as_slice())
     .bind(q.tags.as_deref())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     let Some(key) = q.idempotency_key.as_deref() else {
         return Ok(q.id);
@@ -378,7 +375,7 @@ async fn insert_one(
     }
     let id: Option<String> = sqlx::query_scalar("SELECT id FROM emails WHERE idempotency_key = $1")
         .bind(key)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?;
     // None: the id was stored before without this key; it is still that email.
     let Some(id) = id else { return Ok(q.id) };
@@ -387,6 +384,41 @@ async fn insert_one(
         field: "id",
         reason: e.to_string(),
     })
+}
+
+/// Transactional enqueue (the outbox pattern): stores `queued` inside the
+/// application's own transaction on the server's database, so the email
+/// exists if and only if that transaction commits. The dispatchers are
+/// woken by a NOTIFY that PostgreSQL delivers only on commit.
+///
+/// The schema must exist: open a [`PostgresStore`] once (any
+/// `email-server run` does), and use a connection whose `search_path`
+/// reaches the `emails` table.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// use email::{Email, SendOptions, queue::Queued};
+///
+/// let mut tx = pool.begin().await?;
+/// // ... the application's own writes, e.g. INSERT INTO orders ...
+/// let welcome = Email::builder().from("shop@example.com").to("ann@example.com")
+///     .subject("Order received").text("Thanks!").build()?;
+/// let queued = Queued::from_email(&welcome, None, &SendOptions::default())?;
+/// let id = email_server::store::postgres::enqueue_in(&mut tx, &queued).await?;
+/// tx.commit().await?; // the email exists only now
+/// # Ok(()) }
+/// ```
+pub async fn enqueue_in(
+    conn: &mut sqlx::PgConnection,
+    queued: &Queued,
+) -> Result<EmailId, StoreError> {
+    let id = insert_one(conn, queued).await?;
+    // An empty payload wakes every listening server of this database.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WAKE_CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(id)
 }
 
 #[cfg(test)]
