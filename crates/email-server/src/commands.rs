@@ -247,7 +247,11 @@ fn to_json(v: &impl serde::Serialize) -> Result<String, CliError> {
 }
 
 async fn stats(config: &Config, as_json: bool) -> Result<(), CliError> {
-    let s = store(config).await?.stats(now_ms()).await?;
+    let mut s = store(config).await?.stats(now_ms()).await?;
+    if config.email.queue().engine == email::config::QueueEngine::Redis {
+        let queue = email::queue::RedisQueue::open(config.email.queue()).await.map_err(usage)?;
+        s.dead_letters = Some(crate::intake::dead_letters(&queue).await.map_err(runtime)?);
+    }
     if as_json {
         return out(&to_json(&s)?);
     }
@@ -267,6 +271,9 @@ async fn stats(config: &Config, as_json: bool) -> Result<(), CliError> {
         s.attempts_total,
         s.attempts_per_sent
     );
+    if let Some(n) = s.dead_letters {
+        text += &format!("dead letters (undecodable queue records): {n}\n");
+    }
     if s.possible_duplicates > 0 {
         text += &format!(
             "possible duplicates (cut off after the final \".\"): {}\n",

@@ -182,6 +182,9 @@ pub struct Stats {
     pub attempts_total: u64,
     /// Sent emails with an attempt cut off after the final `.`.
     pub possible_duplicates: u64,
+    /// Queue records that could not be decoded or stored, parked in the
+    /// Redis dead-letter stream (`null` with the embedded queue).
+    pub dead_letters: Option<u64>,
 }
 
 /// Latency percentiles in ms (`null` when nothing was sent).

@@ -37,6 +37,7 @@ pub(crate) async fn case_stats_shape_and_percentiles(store: Store) {
             "attempts_per_sent": 0.0,
             "attempts_total": 0,
             "possible_duplicates": 0,
+            "dead_letters": null,
         })
     );
 
