@@ -103,6 +103,7 @@ pub(crate) async fn case_stats_shape_and_percentiles(store: Store) {
             "attempts_per_sent": 1.1,
             "attempts_total": 12,
             "possible_duplicates": 1,
+            "dead_letters": null,
         })
     );
     // The scheduled email counts as queued once its time has come.
