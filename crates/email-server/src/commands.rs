@@ -249,7 +249,9 @@ fn to_json(v: &impl serde::Serialize) -> Result<String, CliError> {
 async fn stats(config: &Config, as_json: bool) -> Result<(), CliError> {
     let mut s = store(config).await?.stats(now_ms()).await?;
     if config.email.queue().engine == email::config::QueueEngine::Redis {
-        let queue = email::queue::RedisQueue::open(config.email.queue()).await.map_err(usage)?;
+        let queue = email::queue::RedisQueue::open(config.email.queue())
+            .await
+            .map_err(usage)?;
         s.dead_letters = Some(crate::intake::dead_letters(&queue).await.map_err(runtime)?);
     }
     if as_json {

@@ -12,11 +12,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::smtp::{Delivery, Outcome};
-use crate::store::{Attempt, Claimed, Next, RecipientOutcome, Store, StoreError};
+use crate::store::{Attempt, Claimed, Completion, Next, RecipientOutcome, Store, StoreError};
 
 pub mod retry;
 pub mod transport;
@@ -91,7 +91,9 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     let settings = Arc::new(settings);
     let wire = Arc::new(Semaphore::new(settings.concurrency.max(1)));
-    let mut tasks: JoinSet<Claimed> = JoinSet::new();
+    let (record_tx, record_rx) = mpsc::channel(RECORD_QUEUE);
+    let recorder = tokio::spawn(recorder(store.clone(), record_rx));
+    let mut tasks: JoinSet<()> = JoinSet::new();
     let mut last_sweep = 0;
     loop {
         while let Some(done) = tasks.try_join_next() {
@@ -130,19 +132,20 @@ pub async fn run(
             };
             got = claimed.len();
             for c in claimed {
-                let (store, transport, settings, wire) = (
-                    store.clone(),
+                let (transport, settings, wire, record) = (
                     transport.clone(),
                     settings.clone(),
                     wire.clone(),
+                    record_tx.clone(),
                 );
                 tasks.spawn(async move {
-                    let _permit = wire.acquire_owned().await;
-                    if let Err(e) = attempt(&store, &transport, &settings, &c).await {
+                    let id = c.id.clone();
+                    let done = attempt(&transport, &settings, &wire, c).await;
+                    let (reply, recorded) = oneshot::channel();
+                    if record.send((done, reply)).await.is_err() || recorded.await.is_err() {
                         // The lease runs out and the email is claimed again.
-                        tracing::error!(id = %c.id, error = %e, "could not record the attempt");
+                        tracing::error!(%id, "could not record the attempt");
                     }
-                    c
                 });
             }
         }
@@ -173,19 +176,25 @@ pub async fn run(
             _ = shutdown.changed() => {}
         }
     }
-    drain(&store, tasks, &settings).await;
+    drain(&store, tasks, &settings, record_tx, recorder).await;
     transport.close().await;
     Ok(())
 }
 
-fn log_panic(done: Result<Claimed, tokio::task::JoinError>) {
+fn log_panic(done: Result<(), tokio::task::JoinError>) {
     if let Err(e) = done {
         tracing::error!(error = %e, "delivery task failed; its lease will expire and it will be retried");
     }
 }
 
 /// Waits for in-flight attempts, then releases the ones still running.
-async fn drain(store: &Store, mut tasks: JoinSet<Claimed>, s: &Settings) {
+async fn drain(
+    store: &Store,
+    mut tasks: JoinSet<()>,
+    s: &Settings,
+    record_tx: mpsc::Sender<Recording>,
+    recorder: tokio::task::JoinHandle<()>,
+) {
     let deadline = tokio::time::Instant::now() + s.shutdown_grace;
     while !tasks.is_empty() {
         match tokio::time::timeout_at(deadline, tasks.join_next()).await {
@@ -202,6 +211,9 @@ async fn drain(store: &Store, mut tasks: JoinSet<Claimed>, s: &Settings) {
             }
         }
     }
+    // Every task has sent its completion; let the recorder write them.
+    drop(record_tx);
+    recorder.await.ok();
     match store.release_owner(&s.owner).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(emails = n, "released unfinished claims"),
@@ -211,52 +223,95 @@ async fn drain(store: &Store, mut tasks: JoinSet<Claimed>, s: &Settings) {
     }
 }
 
-/// One attempt: deliver, classify, record.
-async fn attempt(
-    store: &Store,
-    transport: &Transport,
-    s: &Settings,
-    c: &Claimed,
-) -> Result<(), StoreError> {
+/// A completion on its way to the recorder, and where to say it is done.
+type Recording = (Completion, oneshot::Sender<bool>);
+
+/// How many completions may wait for the recorder.
+const RECORD_QUEUE: usize = 1024;
+
+/// Most completions written in one transaction.
+const RECORD_BATCH: usize = 256;
+
+/// Group commit: writes the completions that arrived meanwhile in one
+/// transaction, so a busy server pays one disk flush for many attempts.
+/// A failed batch is retried once, then left to the lease: the emails are
+/// claimed again (and marked possible duplicates) when it runs out.
+async fn recorder(store: Store, mut rx: mpsc::Receiver<Recording>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RECORD_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let items: Vec<Completion> = batch.iter().map(|(c, _)| c.clone()).collect();
+        let mut result = store.record_many(&items).await;
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, emails = items.len(), "recording failed; retrying once");
+            tokio::time::sleep(STORE_RETRY).await;
+            result = store.record_many(&items).await;
+        }
+        match result {
+            Ok(updated) => {
+                for ((c, reply), updated) in batch.into_iter().zip(updated) {
+                    let id = &c.claimed.id;
+                    if updated {
+                        tracing::info!(%id, state = c.next.state(), reason = %c.reason, "attempt recorded");
+                    } else {
+                        tracing::warn!(%id, "lease was taken over; attempt kept, state left to the new owner");
+                    }
+                    reply.send(updated).ok();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, emails = items.len(), "could not record attempts")
+            }
+        }
+    }
+}
+
+/// One attempt: deliver (holding one of the transport's slots), then
+/// classify. Recording is the recorder's job, so the slot is free again
+/// while the disk flushes.
+async fn attempt(transport: &Transport, s: &Settings, wire: &Semaphore, c: Claimed) -> Completion {
     let started = now_ms();
     let deadline = c
         .due_at
         .saturating_add(c.max_time_ms.unwrap_or(ms(s.max_time)));
+    let done = |c: Claimed, attempt, next, pending, reason: String| Completion {
+        claimed: c,
+        attempt,
+        next,
+        pending,
+        reason,
+    };
     if started >= deadline {
-        store
-            .record(
-                c,
-                None,
-                &Next::Expired,
-                &c.pending,
-                "max-time passed before this attempt",
-            )
-            .await?;
-        return Ok(());
+        let pending = c.pending.clone();
+        return done(
+            c,
+            None,
+            Next::Expired,
+            pending,
+            "max-time passed before this attempt".into(),
+        );
     }
     if let Err(e) = email::Email::parse(&c.raw) {
         let reason = format!("stored message is corrupt: {e}");
         tracing::error!(id = %c.id, %reason, "not sent");
-        store
-            .record(c, None, &Next::Failed, &c.pending, &reason)
-            .await?;
-        return Ok(());
+        let pending = c.pending.clone();
+        return done(c, None, Next::Failed, pending, reason);
     }
-    let d = transport
-        .deliver(&c.id, &c.mail_from, &c.pending, &c.raw)
-        .await;
+    let d = {
+        let _slot = wire.acquire().await;
+        transport
+            .deliver(&c.id, &c.mail_from, &c.pending, &c.raw)
+            .await
+    };
     let finished = now_ms();
-    let (next, pending, reason) = decide(c, &d, s, finished, deadline);
+    let (next, pending, reason) = decide(&c, &d, s, finished, deadline);
     let attempt = record_of(&d, started, finished, next.state());
-    let updated = store
-        .record(c, Some(&attempt), &next, &pending, &reason)
-        .await?;
-    if updated {
-        tracing::info!(id = %c.id, state = next.state(), %reason, "attempt recorded");
-    } else {
-        tracing::warn!(id = %c.id, "lease was taken over; attempt kept, state left to the new owner");
-    }
-    Ok(())
+    done(c, Some(attempt), next, pending, reason)
 }
 
 /// The policy: what an attempt's result means for the email.

@@ -68,6 +68,21 @@ pub struct Claimed {
     pub max_time_ms: Option<i64>,
 }
 
+/// The outcome of one attempt, ready to record.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// The claim it completes (its token fences the update).
+    pub claimed: Claimed,
+    /// The attempt, or `None` when no delivery was tried.
+    pub attempt: Option<Attempt>,
+    /// What happens to the email.
+    pub next: Next,
+    /// Recipients still to deliver to.
+    pub pending: Vec<String>,
+    /// Why: stored as the email's last reason.
+    pub reason: String,
+}
+
 /// What happens to an email after an attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Next {
@@ -271,8 +286,8 @@ impl Store {
     }
     /// Records an attempt and moves the email on, unless its lease was
     /// taken over (then only the attempt is kept). Returns whether the
-    /// email was updated.
-    /// `attempt` is `None` when no delivery was tried (max-time had passed).
+    /// email was updated. `attempt` is `None` when no delivery was tried
+    /// (max-time had passed).
     pub async fn record(
         &self,
         c: &Claimed,
@@ -281,7 +296,25 @@ impl Store {
         pending: &[String],
         reason: &str,
     ) -> Result<bool, StoreError> {
-        delegate!(self, s => s.record(c, attempt, next, pending, reason).await)
+        let one = Completion {
+            claimed: c.clone(),
+            attempt: attempt.cloned(),
+            next: next.clone(),
+            pending: pending.to_vec(),
+            reason: reason.to_owned(),
+        };
+        Ok(self
+            .record_many(std::slice::from_ref(&one))
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+    /// Records several completions in one transaction (one disk flush):
+    /// the dispatcher's group commit. Returns, for each, whether the email
+    /// was updated (false: its lease had been taken over).
+    pub async fn record_many(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
+        delegate!(self, s => s.record_many(items).await)
     }
     /// Gives back every claim `owner` still holds, without counting an
     /// attempt (graceful shutdown). Returns how many.

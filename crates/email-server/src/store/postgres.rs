@@ -41,7 +41,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 
-use super::{Attempt, Claimed, Next, StoreError};
+use super::{Claimed, Completion, Next, StoreError};
 
 mod listen;
 mod migrate;
@@ -248,44 +248,14 @@ impl PostgresStore {
         Ok(good)
     }
 
-    pub(crate) async fn record(
-        &self,
-        c: &Claimed,
-        a: Option<&Attempt>,
-        next: &Next,
-        pending: &[String],
-        reason: &str,
-    ) -> Result<bool, StoreError> {
+    pub(crate) async fn record_many(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        if let Some(a) = a {
-            // Kept even when the lease was taken over: it happened.
-            rows::insert_attempt(&mut tx, &c.id, a).await?;
+        let mut updated = Vec::with_capacity(items.len());
+        for item in items {
+            updated.push(record_in(&mut tx, item).await?);
         }
-        let now = a.map_or_else(crate::dispatch::now_ms, |a| a.finished_at);
-        let (next_at, finished_at) = match next {
-            Next::Retry { at } => (Some(*at), None),
-            _ => (None, Some(now)),
-        };
-        let pending = serde_json::to_string(pending).unwrap_or_else(|_| "[]".into());
-        let done = sqlx::query(
-            "UPDATE emails SET state = $1, attempts = attempts + $9, next_at = COALESCE($2, next_at), \
-                    finished_at = $3, pending = $4, last_reason = $5, \
-                    possible_duplicate = possible_duplicate OR $6, lease_owner = NULL, lease_until = NULL \
-             WHERE id = $7 AND lease_token = $8 AND state = 'sending'",
-        )
-        .bind(next.state())
-        .bind(next_at)
-        .bind(finished_at)
-        .bind(pending)
-        .bind(reason)
-        .bind(a.is_some_and(|a| a.possible_duplicate))
-        .bind(&c.id)
-        .bind(c.token)
-        .bind(i64::from(a.is_some()))
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(updated)
     }
 
     pub(crate) async fn release_owner(&self, owner: &str) -> Result<u64, StoreError> {
@@ -334,6 +304,42 @@ impl PostgresStore {
 }
 
 /// One row of intake; returns the id the email is stored under.
+/// One completion inside the group-commit transaction.
+async fn record_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    item: &Completion,
+) -> Result<bool, StoreError> {
+    let (c, a, next) = (&item.claimed, item.attempt.as_ref(), &item.next);
+    if let Some(a) = a {
+        // Kept even when the lease was taken over: it happened.
+        rows::insert_attempt(tx, &c.id, a).await?;
+    }
+    let now = a.map_or_else(crate::dispatch::now_ms, |a| a.finished_at);
+    let (next_at, finished_at) = match next {
+        Next::Retry { at } => (Some(*at), None),
+        _ => (None, Some(now)),
+    };
+    let pending = serde_json::to_string(&item.pending).unwrap_or_else(|_| "[]".into());
+    let done = sqlx::query(
+        "UPDATE emails SET state = $1, attempts = attempts + $9, next_at = COALESCE($2, next_at), \
+                finished_at = $3, pending = $4, last_reason = $5, \
+                possible_duplicate = possible_duplicate OR $6, lease_owner = NULL, lease_until = NULL \
+         WHERE id = $7 AND lease_token = $8 AND state = 'sending'",
+    )
+    .bind(next.state())
+    .bind(next_at)
+    .bind(finished_at)
+    .bind(pending)
+    .bind(item.reason.as_str())
+    .bind(a.is_some_and(|a| a.possible_duplicate))
+    .bind(&c.id)
+    .bind(c.token)
+    .bind(i64::from(a.is_some()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 async fn insert_one(tx: &mut sqlx::PgConnection, q: &Queued) -> Result<EmailId, StoreError> {
     let recipients = serde_json::to_string(&q.rcpt_to).unwrap_or_else(|_| "[]".into());
     let state = if q.due_at_ms > q.created_at_ms {

@@ -9,7 +9,8 @@ use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 
 use super::{
-    Attempt, Claimed, EmailRow, Latency, Next, RecipientOutcome, STATES, Stats, StoreError,
+    Attempt, Claimed, Completion, EmailRow, Latency, Next, RecipientOutcome, STATES, Stats,
+    StoreError,
 };
 
 /// Unfinished states that may be claimed once due.
@@ -25,7 +26,7 @@ impl SqliteStore {
     /// Opens (creating and migrating if needed) the database file.
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         Ok(SqliteStore {
-            db: Embedded::open(path).await?,
+            db: Embedded::open_with(path, 1).await?,
         })
     }
 
@@ -93,43 +94,14 @@ impl SqliteStore {
         Ok(good)
     }
 
-    pub(crate) async fn record(
-        &self,
-        c: &Claimed,
-        a: Option<&Attempt>,
-        next: &Next,
-        pending: &[String],
-        reason: &str,
-    ) -> Result<bool, StoreError> {
+    pub(crate) async fn record_many(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        if let Some(a) = a {
-            insert_attempt(&mut tx, &c.id, a).await?;
+        let mut updated = Vec::with_capacity(items.len());
+        for item in items {
+            updated.push(record_in(&mut tx, item).await?);
         }
-        let now = a.map_or_else(crate::dispatch::now_ms, |a| a.finished_at);
-        let (next_at, finished_at) = match next {
-            Next::Retry { at } => (Some(*at), None),
-            _ => (None, Some(now)),
-        };
-        let pending = serde_json::to_string(pending).unwrap_or_else(|_| "[]".into());
-        let done = sqlx::query(
-            "UPDATE emails SET state = ?1, attempts = attempts + ?9, next_at = COALESCE(?2, next_at), \
-                    finished_at = ?3, pending = ?4, last_reason = ?5, \
-                    possible_duplicate = possible_duplicate | ?6, lease_owner = NULL, lease_until = NULL \
-             WHERE id = ?7 AND lease_token = ?8 AND state = 'sending'",
-        )
-        .bind(next.state())
-        .bind(next_at)
-        .bind(finished_at)
-        .bind(pending)
-        .bind(reason)
-        .bind(a.is_some_and(|a| a.possible_duplicate))
-        .bind(&c.id)
-        .bind(c.token)
-        .bind(i64::from(a.is_some()))
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(updated)
     }
 
     pub(crate) async fn release_owner(&self, owner: &str) -> Result<u64, StoreError> {
@@ -149,13 +121,15 @@ impl SqliteStore {
         now: i64,
         default_max_time_ms: i64,
     ) -> Result<u64, StoreError> {
-        let sql = format!(
+        // `due_at <= now` lets the partial index skip future emails, however
+        // many there are; the state test is written to match that index.
+        let done = sqlx::query(
             "UPDATE emails SET state = 'expired', finished_at = ?1, lease_owner = NULL, lease_until = NULL, \
                     last_reason = 'max-time passed' || COALESCE(': last attempt: ' || last_reason, ' before any attempt') \
-             WHERE ((state IN {WAITING}) OR (state = 'sending' AND lease_until <= ?1)) \
-               AND due_at + COALESCE(max_time_ms, ?2) <= ?1"
-        );
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+             WHERE state IN ('scheduled', 'queued', 'deferred', 'sending') \
+               AND (state <> 'sending' OR lease_until <= ?1) \
+               AND due_at <= ?1 AND due_at + COALESCE(max_time_ms, ?2) <= ?1",
+        )
             .bind(now)
             .bind(default_max_time_ms)
             .execute(self.pool())
@@ -335,6 +309,42 @@ impl SqliteStore {
             }),
         }
     }
+}
+
+/// One completion inside the group-commit transaction.
+async fn record_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    item: &Completion,
+) -> Result<bool, StoreError> {
+    let (c, a, next) = (&item.claimed, item.attempt.as_ref(), &item.next);
+    if let Some(a) = a {
+        // Kept even when the lease was taken over: it happened.
+        insert_attempt(tx, &c.id, a).await?;
+    }
+    let now = a.map_or_else(crate::dispatch::now_ms, |a| a.finished_at);
+    let (next_at, finished_at) = match next {
+        Next::Retry { at } => (Some(*at), None),
+        _ => (None, Some(now)),
+    };
+    let pending = serde_json::to_string(&item.pending).unwrap_or_else(|_| "[]".into());
+    let done = sqlx::query(
+        "UPDATE emails SET state = ?1, attempts = attempts + ?9, next_at = COALESCE(?2, next_at), \
+                finished_at = ?3, pending = ?4, last_reason = ?5, \
+                possible_duplicate = possible_duplicate | ?6, lease_owner = NULL, lease_until = NULL \
+         WHERE id = ?7 AND lease_token = ?8 AND state = 'sending'",
+    )
+    .bind(next.state())
+    .bind(next_at)
+    .bind(finished_at)
+    .bind(pending)
+    .bind(item.reason.as_str())
+    .bind(a.is_some_and(|a| a.possible_duplicate))
+    .bind(&c.id)
+    .bind(c.token)
+    .bind(i64::from(a.is_some()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 async fn insert_attempt(

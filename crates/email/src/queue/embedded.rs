@@ -23,7 +23,10 @@ use super::{EmailId, QueueError, Queued};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_indexes.sql"),
+];
 
 /// A handle on the embedded database. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -36,6 +39,18 @@ impl Embedded {
     /// Opens (creating if needed) the database at `path` and brings its
     /// schema up to date.
     pub async fn open(path: impl AsRef<Path>) -> Result<Embedded, QueueError> {
+        Self::open_with(path, 4).await
+    }
+
+    /// Opens with at most `connections` pooled connections. The server uses
+    /// one: SQLite has one writer at a time, and connections of one process
+    /// contending for it fall back on SQLite's busy handler, which sleeps
+    /// for milliseconds; one connection makes the process queue its writes
+    /// instead.
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        connections: u32,
+    ) -> Result<Embedded, QueueError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| QueueError::Open {
@@ -54,7 +69,7 @@ impl Embedded {
             // rather than failing at once.
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections.max(1))
             .connect_with(options)
             .await
             .map_err(|e| open_error(&path, e))?;
