@@ -34,8 +34,13 @@ fn write_config(dir: &Path, port: u16, extra_smtp: &str) -> PathBuf {
     path
 }
 
+/// Starts `email-server run` and returns once it is delivering (its
+/// "delivering over SMTP" line), so that a signal sent afterwards meets
+/// its handler. Its log is drained in the background so the pipe never
+/// fills.
 fn server(config: &Path, log: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_email-server"))
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_email-server"))
         .args([
             "--config",
             config.to_str().expect("path"),
@@ -47,7 +52,23 @@ fn server(config: &Path, log: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn email-server")
+        .expect("spawn email-server");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("delivering over SMTP") {
+                ready_tx.send(()).ok();
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("email-server did not start within 30 s");
+    child
 }
 
 async fn open_emails(store: &Store) -> (u64, u64) {
@@ -91,7 +112,7 @@ async fn kill_dash_nine_loses_nothing() {
 
     let mut kills = 0;
     for round in 0..12u64 {
-        let mut child = server(&config, "warn");
+        let mut child = server(&config, "info");
         tokio::time::sleep(Duration::from_millis(250 + (round * 97) % 400)).await;
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
@@ -100,7 +121,7 @@ async fn kill_dash_nine_loses_nothing() {
             break;
         }
     }
-    let mut child = server(&config, "warn");
+    let mut child = server(&config, "info");
     let start = Instant::now();
     loop {
         let (open, _) = open_emails(&store).await;

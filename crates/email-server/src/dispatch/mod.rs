@@ -111,7 +111,16 @@ pub async fn run(
             }
             last_sweep = now;
         }
-        let free = settings.batch.max(1).saturating_sub(tasks.len());
+        // Refill when half the batch is free (or the wire may run dry), not
+        // after every finished email: one claim per email would make the
+        // database, not the relay, the limit.
+        let batch = settings.batch.max(1);
+        let free = batch.saturating_sub(tasks.len());
+        let free = if free < batch.div_ceil(2) && tasks.len() >= 2 * settings.concurrency {
+            0
+        } else {
+            free
+        };
         let mut got = 0;
         if free > 0 {
             let claimed = match store
@@ -151,6 +160,14 @@ pub async fn run(
         }
         if free > 0 && got == free {
             continue; // more may be due: claim again as capacity frees up
+        }
+        if free == 0 {
+            // Busy: nothing to look up until an attempt finishes.
+            tokio::select! {
+                Some(done) = tasks.join_next() => log_panic(done),
+                _ = shutdown.changed() => {}
+            }
+            continue;
         }
         let sleep = match store.next_wake().await {
             Ok(Some(t)) => {

@@ -264,11 +264,21 @@ impl Conn {
         // Let the runtime poll the I/O driver first, so that readiness that
         // arrived since the last poll is known to the socket.
         tokio::task::yield_now().await;
-        match timeout(Duration::ZERO, self.fill(phase)).await {
-            Ok(Ok(0)) => Err(ConnError::Closed { phase }),
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(error)) => Err(error),
-            Err(_elapsed) => Ok(false),
+        // Poll the read exactly once: ready means the server spoke, pending
+        // means silence. (A zero timeout would do the same through the
+        // timer wheel, which costs a millisecond tick per call.)
+        let read = self.fill(phase);
+        let mut read = std::pin::pin!(read);
+        let polled = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+            std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+        })
+        .await;
+        match polled {
+            Some(Ok(0)) => Err(ConnError::Closed { phase }),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(error)) => Err(error),
+            None => Ok(false),
         }
     }
 

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
 
 use super::{EmailId, QueueError, Queued};
 
@@ -70,6 +70,8 @@ impl Embedded {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(connections.max(1))
+            // A local file does not go stale; skip the ping before each use.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|e| open_error(&path, e))?;
@@ -129,6 +131,14 @@ impl Embedded {
     /// id: the new id, or the first email's id when its idempotency key was
     /// already used.
     pub async fn insert(&self, batch: &[Queued]) -> Result<Vec<EmailId>, QueueError> {
+        // One email: one autocommitted statement, saving the round trips of
+        // BEGIN and COMMIT on the hot path of durable enqueue.
+        if let [q] = batch {
+            let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;
+            let id = insert_one(&mut conn, q).await?;
+            self.wake();
+            return Ok(vec![id]);
+        }
         let mut tx = self.pool.begin().await.map_err(QueueError::from_sqlx)?;
         let mut ids = Vec::with_capacity(batch.len());
         for q in batch {
@@ -157,10 +167,7 @@ impl Embedded {
     }
 }
 
-async fn insert_one(
-    tx: &mut Transaction<'static, Sqlite>,
-    q: &Queued,
-) -> Result<EmailId, QueueError> {
+async fn insert_one(tx: &mut sqlx::SqliteConnection, q: &Queued) -> Result<EmailId, QueueError> {
     let recipients =
         serde_json::to_string(&q.rcpt_to).map_err(|e| QueueError::Encode(e.to_string()))?;
     let state = if q.due_at_ms > q.created_at_ms {
@@ -188,7 +195,7 @@ async fn insert_one(
     .bind(q.message_id.clone())
     .bind(q.raw.clone())
     .bind(q.tags.clone())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(QueueError::from_sqlx)?;
     // Nothing inserted: either this very id is already stored (a queue
@@ -198,7 +205,7 @@ async fn insert_one(
     }
     let row = sqlx::query("SELECT id FROM emails WHERE idempotency_key = ?1")
         .bind(q.idempotency_key.clone())
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(QueueError::from_sqlx)?;
     let id: String = row.try_get("id").map_err(QueueError::from_sqlx)?;
