@@ -162,10 +162,11 @@ pub async fn run(
             Ok(()) => backoff = intake.settings.backoff_min,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "intake failed; retrying");
-                // Redis may have restarted empty: recreate the group.
-                if let StepError::Queue(_) = e {
-                    intake.ready = false;
-                }
+                // Start over: recreate the group (Redis may have restarted
+                // empty) and re-read our own pending entries, which include
+                // a batch the store failed to take; otherwise that batch
+                // would wait for XAUTOCLAIM's idle time.
+                intake.ready = false;
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     changed = shutdown.changed() => if changed.is_err() { break },

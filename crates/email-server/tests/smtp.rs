@@ -15,6 +15,7 @@ mod support;
 
 mod smtp {
     mod content;
+    mod pipelining;
     mod pool;
     mod replies;
     mod tls;

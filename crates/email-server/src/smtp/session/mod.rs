@@ -1,6 +1,7 @@
 //! One SMTP session: opening it (greeting, EHLO, STARTTLS, AUTH), and
 //! closing it. The mail transactions run on it are in `transaction`.
 
+mod pipelined;
 mod transaction;
 
 use std::time::{Duration, Instant};

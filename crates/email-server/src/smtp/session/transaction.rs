@@ -49,13 +49,13 @@ impl Attempt {
     }
 
     /// The connection failed; the transaction is lost, the session too.
-    fn broken(error: &ConnError) -> Attempt {
+    pub(super) fn broken(error: &ConnError) -> Attempt {
         Attempt::failed(Outcome::Transient(error.to_string()), None, Fate::Discard)
     }
 
     /// The server refused a command with a reply that leaves the session
     /// usable, except 421, which announces that the server closes it.
-    fn refused(context: &str, reply: Reply) -> Attempt {
+    pub(super) fn refused(context: &str, reply: Reply) -> Attempt {
         let reason = format!("{context}: {reply}");
         let (outcome, fate) = match reply.code {
             421 => (Outcome::Transient(reason), Fate::Discard),
@@ -115,6 +115,11 @@ impl Session {
         }
 
         let mail = self.mail_command(mail_from, content.len(), eight_bit, rcpt_to);
+        if self.ext.has("PIPELINING") {
+            return self
+                .transact_pipelined(limits, &mail, rcpt_to, content, reused)
+                .await;
+        }
         match self.conn.command(&mail, Phase::Mail, limits.mail).await {
             Ok(reply) if reply.is_positive() => {}
             Ok(reply) => {
@@ -185,6 +190,17 @@ impl Session {
                 };
             }
         }
+        self.finish_data(recipients, content, limits).await
+    }
+
+    /// Sends the content and the terminator after a `354`, and reads the
+    /// final reply.
+    pub(super) async fn finish_data(
+        &mut self,
+        recipients: Vec<RecipientResult>,
+        content: &[u8],
+        limits: &crate::smtp::Timeouts,
+    ) -> Attempt {
         if let Err(error) = self.send_content(content, limits.data_block).await {
             return Attempt {
                 recipients,
@@ -283,7 +299,7 @@ impl Session {
 
 /// The outcome when every recipient was refused: permanent only if every
 /// refusal was; the reply shown is the first that decided it.
-fn no_recipient_accepted(recipients: Vec<RecipientResult>) -> Attempt {
+pub(super) fn no_recipient_accepted(recipients: Vec<RecipientResult>) -> Attempt {
     let all_permanent = recipients.iter().all(|r| r.reply.is_permanent());
     let decisive = recipients
         .iter()
