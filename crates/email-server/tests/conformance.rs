@@ -61,6 +61,7 @@ conformance!(
     cases::case_record_is_fenced_by_the_lease_token,
     cases::case_record_without_attempt_and_retry_plan,
     cases::case_release_owner_gives_claims_back,
+    cases::case_renew_leases_keeps_claims_from_takeover,
     cases::case_expire_overdue_in_every_waiting_state,
     cases::case_next_wake_is_the_earliest_due_or_lease_end,
     cases::case_concurrent_claims_never_share_an_email,

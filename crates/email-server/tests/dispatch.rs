@@ -648,3 +648,63 @@ async fn corrupt_stored_emails_fail_without_stopping_the_rest() {
     assert_eq!(show(&c, good).await.0.state, "sent");
     assert_eq!(server.received().len(), 1);
 }
+
+/// An attempt that outlasts the lease keeps its claim while its owner is
+/// alive: a second server does not take it over and send it again.
+#[tokio::test]
+async fn a_live_owner_renews_its_lease() {
+    let server = FaultServer::start(
+        Behaviour::new().fault_once(Step::DataEnd, Action::Delay(Duration::from_millis(1500))),
+    )
+    .await;
+    let c = case("renew").await;
+    let id = c
+        .mailer
+        .enqueue(&email("ann@example.com"))
+        .await
+        .expect("enqueue");
+    let Store::Sqlite(s) = &c.store else {
+        unreachable!("these tests open SQLite stores")
+    };
+    let other = Store::Sqlite(
+        SqliteStore::open(s.embedded().path())
+            .await
+            .expect("second handle"),
+    );
+    let short = |owner: &str| Settings {
+        lease: Duration::from_millis(300),
+        owner: owner.into(),
+        ..settings()
+    };
+    let (tx, rx) = watch::channel(false);
+    let a = tokio::spawn(dispatch::run(
+        c.store.clone(),
+        transport(server.addr()),
+        short("a"),
+        Arc::new(Notify::new()),
+        rx.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = tokio::spawn(dispatch::run(
+        other,
+        transport(server.addr()),
+        short("b"),
+        Arc::new(Notify::new()),
+        rx,
+    ));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while show(&c, id).await.0.state != "sent" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("sent");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tx.send(true).ok();
+    a.await.expect("join").expect("a");
+    b.await.expect("join").expect("b");
+    let (row, attempts) = show(&c, id).await;
+    assert_eq!(server.received().len(), 1, "sent once");
+    assert_eq!(attempts.len(), 1);
+    assert!(!row.possible_duplicate);
+}

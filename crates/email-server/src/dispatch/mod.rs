@@ -95,6 +95,8 @@ pub async fn run(
     let recorder = tokio::spawn(recorder(store.clone(), record_rx));
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut last_sweep = 0;
+    let mut last_renewal = now_ms();
+    let renew_every = (settings.lease / 3).max(Duration::from_millis(100));
     loop {
         while let Some(done) = tasks.try_join_next() {
             log_panic(done);
@@ -103,6 +105,17 @@ pub async fn run(
             break;
         }
         let now = now_ms();
+        // Heartbeat: renew our claims at a third of the lease, so only a
+        // dead process loses them.
+        if !tasks.is_empty() && now - last_renewal >= ms(renew_every) {
+            if let Err(e) = store
+                .renew_leases(&settings.owner, now + ms(settings.lease))
+                .await
+            {
+                tracing::warn!(error = %e, "renewing leases failed; retrying");
+            }
+            last_renewal = now;
+        }
         if now - last_sweep >= 30_000 {
             match store.expire_overdue(now, ms(settings.max_time)).await {
                 Ok(0) => {}
@@ -165,6 +178,7 @@ pub async fn run(
             // Busy: nothing to look up until an attempt finishes.
             tokio::select! {
                 Some(done) = tasks.join_next() => log_panic(done),
+                () = tokio::time::sleep(renew_every) => {}
                 _ = shutdown.changed() => {}
             }
             continue;
@@ -185,6 +199,11 @@ pub async fn run(
             MAX_IDLE
         } else {
             sleep
+        };
+        let sleep = if tasks.is_empty() {
+            sleep
+        } else {
+            sleep.min(renew_every)
         };
         tokio::select! {
             Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(done),

@@ -316,6 +316,13 @@ impl Store {
     pub async fn record_many(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
         delegate!(self, s => s.record_many(items).await)
     }
+    /// Extends every claim `owner` holds to `until` (Unix ms): the
+    /// dispatcher's heartbeat, so that a slow attempt or one waiting for a
+    /// connection is not taken over while its owner is alive. Returns how
+    /// many claims were extended.
+    pub async fn renew_leases(&self, owner: &str, until: i64) -> Result<u64, StoreError> {
+        delegate!(self, s => s.renew_leases(owner, until).await)
+    }
     /// Gives back every claim `owner` still holds, without counting an
     /// attempt (graceful shutdown). Returns how many.
     pub async fn release_owner(&self, owner: &str) -> Result<u64, StoreError> {

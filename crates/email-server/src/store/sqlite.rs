@@ -104,6 +104,17 @@ impl SqliteStore {
         Ok(updated)
     }
 
+    pub(crate) async fn renew_leases(&self, owner: &str, until: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE emails SET lease_until = ?1 WHERE state = 'sending' AND lease_owner = ?2",
+        )
+        .bind(until)
+        .bind(owner)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     pub(crate) async fn release_owner(&self, owner: &str) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "UPDATE emails SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END, \

@@ -479,3 +479,29 @@ pub(crate) async fn case_concurrent_claims_never_share_an_email(store: Store) {
     let stats = store.stats(T0).await.expect("stats");
     assert_eq!(stats.states["sending"], EMAILS as u64);
 }
+
+pub(crate) async fn case_renew_leases_keeps_claims_from_takeover(store: Store) {
+    let mine = insert(&store, queued(&["a@example.com"], T0)).await;
+    let theirs = insert(&store, queued(&["b@example.com"], T0)).await;
+    claim_one(&store, "me", T0, 100).await.expect("claim");
+    claim_one(&store, "other", T0, 100).await.expect("claim");
+    assert_eq!(
+        store.renew_leases("me", T0 + 10_000).await.expect("renew"),
+        1
+    );
+    // Past the original lease: only the unrenewed claim can be taken over.
+    let taken = store
+        .claim("thief", 10, T0 + 500, 60_000)
+        .await
+        .expect("claim");
+    let ids: Vec<&str> = taken.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, [theirs.as_str()]);
+    assert_eq!(state(&store, &mine, T0 + 500).await, "sending");
+    assert_eq!(
+        store
+            .renew_leases("nobody", T0 + 10_000)
+            .await
+            .expect("renew"),
+        0
+    );
+}
