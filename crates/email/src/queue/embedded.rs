@@ -39,17 +39,28 @@ impl Embedded {
     /// Opens (creating if needed) the database at `path` and brings its
     /// schema up to date.
     pub async fn open(path: impl AsRef<Path>) -> Result<Embedded, QueueError> {
-        Self::open_with(path, 4).await
+        Self::open_with(path, 4, false).await
     }
 
-    /// Opens with at most `connections` pooled connections. The server uses
-    /// one: SQLite has one writer at a time, and connections of one process
-    /// contending for it fall back on SQLite's busy handler, which sleeps
-    /// for milliseconds; one connection makes the process queue its writes
-    /// instead.
-    pub async fn open_with(
+    /// Opens the file for `email-server`: one connection, and a large page
+    /// cache and memory map.
+    ///
+    /// One connection, because SQLite has one writer at a time, and
+    /// connections of one process contending for it fall back on SQLite's
+    /// busy handler, which sleeps for milliseconds; with one, the process
+    /// queues its writes instead. The cache (16 MiB, the default is 2) and
+    /// the memory map (64 MiB) matter because a dispatching server rereads
+    /// recent rows all the time, and each miss without them is a system
+    /// call and a copy: together they took dispatch from about 2,900 to
+    /// 5,500 emails/s in BENCHMARKS.md's setup.
+    pub async fn open_for_server(path: impl AsRef<Path>) -> Result<Embedded, QueueError> {
+        Self::open_with(path, 1, true).await
+    }
+
+    async fn open_with(
         path: impl AsRef<Path>,
         connections: u32,
+        server: bool,
     ) -> Result<Embedded, QueueError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -68,6 +79,13 @@ impl Embedded {
             // Several processes share the file; wait for the writer lock
             // rather than failing at once.
             .busy_timeout(Duration::from_secs(10));
+        let options = if server {
+            options
+                .pragma("cache_size", "-16384")
+                .pragma("mmap_size", "67108864")
+        } else {
+            options
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(connections.max(1))
             // A local file does not go stale; skip the ping before each use.
