@@ -88,7 +88,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
             let at = when_ms(&when)?
                 .ok_or_else(|| usage("reschedule needs --in DURATION or --at TIME"))?;
             store(&config).await?.reschedule(&id, at).await?;
-            println!("{id} rescheduled for {}", crate::store::sqlite::rfc3339(at));
+            println!("{id} rescheduled for {}", crate::store::rfc3339(at));
             Ok(())
         }
         Command::Inspect { file, json } => inspect(&file, json),
@@ -345,7 +345,7 @@ async fn show(config: &Config, id: &str, as_json: bool, raw: bool) -> Result<(),
         t += &format!(
             "\nattempt {}   {}  {}  {} {} {}{}\n",
             i + 1,
-            crate::store::sqlite::rfc3339(a.started_at),
+            crate::store::rfc3339(a.started_at),
             a.outcome,
             a.smtp_code.map_or_else(|| "-".into(), |c| c.to_string()),
             a.enhanced_code.as_deref().unwrap_or(""),

@@ -251,6 +251,40 @@ pub enum StoreError {
     },
 }
 
+/// A JSON list column, or a `Corrupt` error naming the email and column.
+pub(crate) fn json_list(
+    id: &str,
+    field: &'static str,
+    text: &str,
+) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        id: id.to_owned(),
+        field,
+        reason: e.to_string(),
+    })
+}
+
+/// Unix ms as RFC 3339, for people and JSON.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
+}
+
+/// The state as shown: a row stored `scheduled` or `queued` is told apart
+/// by time, the same rule stats and list use. Also says whether the email
+/// is unfinished (so its next attempt time means something).
+pub(crate) fn shown_state(stored: String, next_at: i64, now: i64) -> (String, bool) {
+    let state = match stored.as_str() {
+        "scheduled" | "queued" if next_at > now => "scheduled".to_owned(),
+        "scheduled" | "queued" => "queued".to_owned(),
+        _ => stored,
+    };
+    let unfinished = matches!(
+        state.as_str(),
+        "scheduled" | "queued" | "deferred" | "sending"
+    );
+    (state, unfinished)
+}
+
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {

@@ -10,7 +10,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 
 use super::{
     Attempt, Claimed, Completion, EmailRow, Latency, Next, RecipientOutcome, STATES, Stats,
-    StoreError,
+    StoreError, json_list, rfc3339, shown_state,
 };
 
 /// Unfinished states that may be claimed once due.
@@ -383,14 +383,6 @@ async fn insert_attempt(
     Ok(())
 }
 
-fn json_list(id: &str, field: &'static str, text: &str) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        id: id.to_owned(),
-        field,
-        reason: e.to_string(),
-    })
-}
-
 fn claimed(r: &SqliteRow) -> Result<Claimed, StoreError> {
     let id: String = r.try_get("id")?;
     Ok(Claimed {
@@ -408,22 +400,10 @@ fn claimed(r: &SqliteRow) -> Result<Claimed, StoreError> {
     })
 }
 
-/// Unix ms as RFC 3339, for people and JSON.
-pub(crate) fn rfc3339(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
-}
-
 fn email_row(r: &SqliteRow, now: i64) -> Result<EmailRow, StoreError> {
     let id: String = r.try_get("id")?;
-    let mut state: String = r.try_get("state")?;
     let next_at: i64 = r.try_get("next_at")?;
-    if state == "scheduled" || state == "queued" {
-        state = if next_at > now { "scheduled" } else { "queued" }.into();
-    }
-    let unfinished = matches!(
-        state.as_str(),
-        "scheduled" | "queued" | "deferred" | "sending"
-    );
+    let (state, unfinished) = shown_state(r.try_get("state")?, next_at, now);
     Ok(EmailRow {
         recipients: json_list(&id, "recipients", &r.try_get::<String, _>("recipients")?)?,
         pending: json_list(&id, "pending", &r.try_get::<String, _>("pending")?)?,

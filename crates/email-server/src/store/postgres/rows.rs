@@ -5,8 +5,9 @@
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use crate::store::sqlite::rfc3339;
-use crate::store::{Attempt, Claimed, EmailRow, RecipientOutcome, StoreError};
+use crate::store::{
+    Attempt, Claimed, EmailRow, RecipientOutcome, StoreError, json_list, rfc3339, shown_state,
+};
 
 pub(super) async fn insert_attempt(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
@@ -33,14 +34,6 @@ pub(super) async fn insert_attempt(
     Ok(())
 }
 
-fn json_list(id: &str, field: &'static str, text: &str) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        id: id.to_owned(),
-        field,
-        reason: e.to_string(),
-    })
-}
-
 pub(super) fn claimed(r: &PgRow) -> Result<Claimed, StoreError> {
     let id: String = r.try_get("id")?;
     Ok(Claimed {
@@ -60,15 +53,8 @@ pub(super) fn claimed(r: &PgRow) -> Result<Claimed, StoreError> {
 
 pub(super) fn email_row(r: &PgRow, now: i64) -> Result<EmailRow, StoreError> {
     let id: String = r.try_get("id")?;
-    let mut state: String = r.try_get("state")?;
     let next_at: i64 = r.try_get("next_at")?;
-    if state == "scheduled" || state == "queued" {
-        state = if next_at > now { "scheduled" } else { "queued" }.into();
-    }
-    let unfinished = matches!(
-        state.as_str(),
-        "scheduled" | "queued" | "deferred" | "sending"
-    );
+    let (state, unfinished) = shown_state(r.try_get("state")?, next_at, now);
     Ok(EmailRow {
         recipients: json_list(&id, "recipients", &r.try_get::<String, _>("recipients")?)?,
         pending: json_list(&id, "pending", &r.try_get::<String, _>("pending")?)?,
