@@ -2,6 +2,7 @@
 //! of [`Behaviour`] applied where their [`Step`] comes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -9,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::{Action, Behaviour, Received, State, Step, lock};
+use super::{Action, Behaviour, Command, Received, State, Step, lock};
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -36,6 +37,12 @@ struct Session<'a> {
     user: Option<String>,
     mail_from: Option<String>,
     rcpt_to: Vec<String>,
+    /// The recipient being given at RCPT, for faults aimed at it.
+    rcpt_now: Option<String>,
+    /// The last reply written in full.
+    last_sent: String,
+    /// An [`Action::EarlyAccept`] fired in this transaction.
+    early: bool,
 }
 
 /// Serves one connection, start to end.
@@ -49,6 +56,9 @@ pub(super) async fn serve(tcp: TcpStream, index: usize, state: &State) {
         user: None,
         mail_from: None,
         rcpt_to: Vec::new(),
+        rcpt_now: None,
+        last_sent: String::new(),
+        early: false,
     };
     if session.behaviour.implicit_tls && !session.upgrade().await {
         return;
@@ -65,7 +75,11 @@ pub(super) async fn serve(tcp: TcpStream, index: usize, state: &State) {
         let text = String::from_utf8_lossy(&line)
             .trim_end_matches(['\r', '\n'])
             .to_owned();
-        lock(&state.record).commands.push((index, text.clone()));
+        lock(&state.record).commands.push(Command {
+            connection: index,
+            tls: session.tls,
+            line: text.clone(),
+        });
         if !session.command(&text).await {
             return;
         }
@@ -191,7 +205,20 @@ impl Session<'_> {
             }
             _ => Step::Rcpt,
         };
-        match self.reply(step, "250 2.1.5 recipient ok").await {
+        let full = self
+            .behaviour
+            .max_recipients
+            .is_some_and(|max| self.rcpt_to.len() >= max);
+        let from = self.mail_from.clone().unwrap_or_default();
+        let normal = match &to {
+            _ if full => "452 4.5.3 too many recipients",
+            Some(to) if self.state.greylists(&from, to) => "450 4.7.1 greylisted, try again later",
+            _ => "250 2.1.5 recipient ok",
+        };
+        self.rcpt_now.clone_from(&to);
+        let replied = self.reply(step, normal).await;
+        self.rcpt_now = None;
+        match replied {
             None => false,
             Some(accepted) => {
                 if accepted && let Some(to) = to {
@@ -226,21 +253,37 @@ impl Session<'_> {
             let mut record = lock(&self.state.record);
             record.received.push(Received {
                 connection: self.index,
-                mail_from: self.mail_from.take().unwrap_or_default(),
-                rcpt_to: std::mem::take(&mut self.rcpt_to),
+                mail_from: self.mail_from.clone().unwrap_or_default(),
+                rcpt_to: self.rcpt_to.clone(),
                 data,
                 tls: self.tls,
                 user: self.user.clone(),
+                reply: String::new(),
             });
             record.received.len() - 1
         };
-        let normal = format!("250 2.0.0 queued as {number}");
-        self.reply(Step::DataEnd, &normal).await.is_some()
+        let normal = if std::mem::take(&mut self.early) {
+            "554 5.6.0 refused: the early 250 was not an acceptance".to_owned()
+        } else {
+            format!("250 2.0.0 queued as {number}")
+        };
+        // The recipients stay in play for faults aimed at them.
+        self.last_sent.clear();
+        let replied = self.reply(Step::DataEnd, &normal).await;
+        if !self.last_sent.is_empty() {
+            lock(&self.state.record).received[number].reply = std::mem::take(&mut self.last_sent);
+        }
+        self.mail_from = None;
+        self.rcpt_to.clear();
+        replied.is_some()
     }
 
     /// Applies the fault for `step`, if any.
     async fn fault(&mut self, step: Step) -> Flow {
-        match self.state.fault(&step) {
+        let mut recipients: Vec<&str> = self.rcpt_to.iter().map(String::as_str).collect();
+        recipients.extend(self.rcpt_now.as_deref());
+        let fault = self.state.fault(&step, self.index, &recipients);
+        match fault {
             None => Flow::Normal,
             Some(Action::Reply(text)) => {
                 if !self.send(&text).await {
@@ -260,6 +303,34 @@ impl Session<'_> {
                 tokio::time::sleep(pause).await;
                 Flow::Normal
             }
+            Some(Action::Trickle { text, every }) => {
+                if !self.trickle(&text, every).await {
+                    return Flow::End;
+                }
+                Flow::Replied {
+                    accepted: text.starts_with(['2', '3']),
+                }
+            }
+            Some(Action::Hang) => {
+                while self.line().await.is_some() {}
+                Flow::End
+            }
+            Some(Action::EarlyAccept) => {
+                if !self.send("354 go ahead\r\n250 2.0.0 accepted early").await {
+                    return Flow::End;
+                }
+                self.early = true;
+                Flow::Replied { accepted: true }
+            }
+            Some(Action::ReplyThenGarbage(text)) => {
+                if self.send(&text).await {
+                    let stream = self.io.get_mut();
+                    let garbage = b"\x15\x03\x01\x00\x02\x02\x50 this is neither SMTP nor TLS\r\n";
+                    stream.write_all(garbage).await.ok();
+                    stream.flush().await.ok();
+                }
+                Flow::End
+            }
         }
     }
 
@@ -267,7 +338,26 @@ impl Session<'_> {
     async fn send(&mut self, text: &str) -> bool {
         let bytes = format!("{text}\r\n");
         let stream = self.io.get_mut();
-        stream.write_all(bytes.as_bytes()).await.is_ok() && stream.flush().await.is_ok()
+        let sent = stream.write_all(bytes.as_bytes()).await.is_ok() && stream.flush().await.is_ok();
+        if sent {
+            text.clone_into(&mut self.last_sent);
+        }
+        sent
+    }
+
+    /// Sends `text` and CRLF a byte at a time, `every` before each byte;
+    /// false if the connection is gone.
+    async fn trickle(&mut self, text: &str, every: Duration) -> bool {
+        let bytes = format!("{text}\r\n");
+        let stream = self.io.get_mut();
+        for byte in bytes.as_bytes() {
+            tokio::time::sleep(every).await;
+            if stream.write_all(&[*byte]).await.is_err() || stream.flush().await.is_err() {
+                return false;
+            }
+        }
+        text.clone_into(&mut self.last_sent);
+        true
     }
 
     /// The next line with its line ending; `None` at the end.
