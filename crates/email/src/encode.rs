@@ -209,7 +209,32 @@ pub(crate) fn quoted_printable(out: &mut Vec<u8>, text: &str) {
     let esc = |out: &mut Vec<u8>, c: u8| {
         out.extend_from_slice(&[b'=', HEX[(c >> 4) as usize], HEX[(c & 15) as usize]]);
     };
+    out.reserve(b.len() + b.len() / 24 + 8);
     while i < b.len() {
+        // Fast path: the longest run of bytes that stay as they are and
+        // fit on this line, copied at once. The byte that ends it (or the
+        // line's end) goes through the general case below.
+        let limit = b.len().min(i + 75usize.saturating_sub(col));
+        let mut j = i;
+        while j < limit {
+            let plain = match b[j] {
+                b'=' => false,
+                b'.' => col + (j - i) != 0,
+                b' ' | b'\t' => !matches!(b.get(j + 1), None | Some(b'\r') | Some(b'\n')),
+                33..=126 => true,
+                _ => false,
+            };
+            if !plain {
+                break;
+            }
+            j += 1;
+        }
+        if j > i {
+            out.extend_from_slice(&b[i..j]);
+            col += j - i;
+            i = j;
+            continue;
+        }
         let c = b[i];
         if c == b'\r' || c == b'\n' {
             out.extend_from_slice(b"\r\n");

@@ -140,40 +140,65 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RecordError {
 /// `tags` that are valid JSON are embedded as that JSON; any other text is
 /// embedded as a JSON string, so nothing is lost.
 pub fn encode(q: &Queued) -> Vec<u8> {
-    let mut m = Map::new();
-    m.insert("v".into(), VERSION.into());
-    m.insert("id".into(), q.id.to_string().into());
-    m.insert("created_at".into(), q.created_at_ms.into());
-    m.insert("not_before".into(), q.due_at_ms.into());
-    let mut envelope = Map::new();
-    envelope.insert("from".into(), q.mail_from.clone().into());
-    envelope.insert("to".into(), q.rcpt_to.clone().into());
-    m.insert("envelope".into(), envelope.into());
-    m.insert("message".into(), BASE64.encode(&q.raw).into());
+    // Written field by field rather than through a `serde_json::Value`:
+    // no map, no copy of the message, and the base64 (which never needs
+    // JSON escaping) goes straight into the output.
+    let mut out = Vec::with_capacity(q.raw.len().div_ceil(3) * 4 + 512);
+    out.extend_from_slice(b"{\"v\":");
+    out.extend_from_slice(VERSION.to_string().as_bytes());
+    let mut id = uuid::Uuid::encode_buffer();
+    json_field(&mut out, "id", &&*q.id.hyphenated().encode_lower(&mut id));
+    json_field(&mut out, "created_at", &q.created_at_ms);
+    json_field(&mut out, "not_before", &q.due_at_ms);
+    out.extend_from_slice(b",\"envelope\":{\"from\":");
+    json_value(&mut out, &q.mail_from);
+    json_field(&mut out, "to", &q.rcpt_to);
+    out.extend_from_slice(b"},\"message\":\"");
+    let at = out.len();
+    out.resize(at + q.raw.len().div_ceil(3) * 4, 0);
+    let n = BASE64
+        .encode_slice(&q.raw, &mut out[at..])
+        .unwrap_or_default();
+    out.truncate(at + n);
+    out.push(b'"');
     if let Some(k) = &q.idempotency_key {
-        m.insert("idempotency_key".into(), k.clone().into());
+        json_field(&mut out, "idempotency_key", k);
     }
     if q.priority != 0 {
-        m.insert("priority".into(), q.priority.into());
+        json_field(&mut out, "priority", &q.priority);
     }
     if let Some(n) = q.max_fails {
-        m.insert("max_fails".into(), n.into());
+        json_field(&mut out, "max_fails", &n);
     }
     if let Some(ms) = q.max_time_ms {
-        m.insert("max_time_ms".into(), ms.into());
+        json_field(&mut out, "max_time_ms", &ms);
     }
     if let Some(t) = &q.tags {
         let value = serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.clone()));
-        m.insert("tags".into(), value);
+        json_field(&mut out, "tags", &value);
     }
     if let Some(s) = &q.subject {
-        m.insert("subject".into(), s.clone().into());
+        json_field(&mut out, "subject", s);
     }
     if let Some(id) = &q.message_id {
-        m.insert("message_id".into(), id.clone().into());
+        json_field(&mut out, "message_id", id);
     }
-    // Serialising a `Value` built from strings and integers cannot fail.
-    serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+    out.push(b'}');
+    out
+}
+
+/// Appends `,"name":value`.
+fn json_field(out: &mut Vec<u8>, name: &str, value: &impl serde::Serialize) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    json_value(out, value);
+}
+
+/// Appends `value` as JSON. Strings, numbers, lists of strings and
+/// parsed JSON cannot fail to serialise.
+fn json_value(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    serde_json::to_writer(&mut *out, value).unwrap_or_default();
 }
 
 /// The fields a v1 record may have; anything else is [`RecordError::Unknown`].
@@ -231,6 +256,15 @@ pub fn decode(bytes: &[u8]) -> Result<Queued, RecordError> {
     let idempotency_key = opt_str(&mut m, "idempotency_key", MAX_KEY_BYTES)?;
     if idempotency_key.as_ref().is_some_and(|k| k.is_empty()) {
         return Err(invalid("idempotency_key", "must not be empty"));
+    }
+    // A key becomes part of a Redis key: no control characters. (Subject
+    // and Message-ID may have them, a tab say, as the message's own
+    // headers may, and as the Mailer writes them.)
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.chars().any(char::is_control))
+    {
+        return Err(invalid("idempotency_key", "contains a control character"));
     }
     let priority = match opt_int(&m, "priority")? {
         None => 0,
@@ -295,11 +329,6 @@ fn opt_str(
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.len() > limit => {
             Err(invalid(field, format!("longer than {limit} bytes")))
-        }
-        // Shown in the CLI and logs, and a key becomes part of a Redis key:
-        // no control characters.
-        Some(Value::String(s)) if s.chars().any(char::is_control) => {
-            Err(invalid(field, "contains a control character"))
         }
         Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(invalid(field, format!("expected a string, got {other}"))),
