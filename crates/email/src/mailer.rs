@@ -31,6 +31,7 @@
 //! batches. Nothing is durable until [`Mailer::flush`] returns; failures are
 //! logged, counted ([`Mailer::buffer_failures`]) and listed by `flush`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -43,6 +44,9 @@ use crate::queue::{EmailId, Embedded, Queue, QueueError, Queued};
 
 /// Most emails written in one buffered transaction.
 const BUFFER_BATCH: usize = 1000;
+
+/// Batches a buffered mailer has on their way to Redis at once.
+const REDIS_IN_FLIGHT: usize = 4;
 
 /// Hands emails to the queue. Cheap to clone; clones share the queue and the
 /// buffer.
@@ -437,7 +441,15 @@ fn prepare_parts(
 /// one transaction each, retrying a failed batch a few times before giving
 /// up on it. It never panics; it ends when every sender is gone.
 async fn writer(queue: Queue, mut rx: mpsc::Receiver<Msg>, failures: Arc<AtomicU64>) {
+    // Redis takes several pipelines at once on one connection, so batches
+    // overlap there: the next is encoded and sent while Redis works on the
+    // last. SQLite has one writer; a second batch would only wait for it.
+    let overlap = match &queue {
+        Queue::Redis(_) => REDIS_IN_FLIGHT,
+        _ => 1,
+    };
     let mut report = FlushReport::default();
+    let mut in_flight: VecDeque<tokio::task::JoinHandle<FlushReport>> = VecDeque::new();
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
         let mut flushes = Vec::new();
@@ -456,26 +468,52 @@ async fn writer(queue: Queue, mut rx: mpsc::Receiver<Msg>, failures: Arc<AtomicU
             }
         }
         if !batch.is_empty() {
-            write_batch(&queue, &batch, &mut report, &failures).await;
+            while in_flight.len() >= overlap {
+                if let Some(task) = in_flight.pop_front() {
+                    settle(task, &mut report).await;
+                }
+            }
+            in_flight.push_back(tokio::spawn(write_batch(
+                queue.clone(),
+                batch,
+                failures.clone(),
+            )));
         }
-        for done in flushes {
-            done.send(std::mem::take(&mut report)).ok();
+        if !flushes.is_empty() {
+            while let Some(task) = in_flight.pop_front() {
+                settle(task, &mut report).await;
+            }
+            for done in flushes {
+                done.send(std::mem::take(&mut report)).ok();
+            }
         }
+    }
+    while let Some(task) = in_flight.pop_front() {
+        settle(task, &mut report).await;
     }
 }
 
-async fn write_batch(
-    queue: &Queue,
-    batch: &[Queued],
-    report: &mut FlushReport,
-    failures: &AtomicU64,
-) {
+/// Adds a finished batch's outcome to `report`. A batch task cannot panic
+/// (nothing in it unwraps), but if one ever did, it is logged, not
+/// propagated: the writer goes on with the next batch.
+async fn settle(task: tokio::task::JoinHandle<FlushReport>, report: &mut FlushReport) {
+    match task.await {
+        Ok(part) => {
+            report.written += part.written;
+            report.failed.extend(part.failed);
+        }
+        Err(e) => tracing::error!(error = %e, "a buffered batch's writer task failed"),
+    }
+}
+
+async fn write_batch(queue: Queue, batch: Vec<Queued>, failures: Arc<AtomicU64>) -> FlushReport {
+    let mut report = FlushReport::default();
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=4 {
-        match queue.insert(batch).await {
+        match queue.insert(&batch).await {
             Ok(_) => {
                 report.written += batch.len() as u64;
-                return;
+                break;
             }
             Err(e) if attempt == 4 => {
                 tracing::error!(emails = batch.len(), error = %e, "buffered emails could not be stored");
@@ -492,4 +530,5 @@ async fn write_batch(
             }
         }
     }
+    report
 }
