@@ -176,14 +176,12 @@ impl PostgresStore {
 
     /// Intake: see [`Store::insert`](super::Store::insert).
     pub(crate) async fn insert(&self, batch: &[Queued]) -> Result<Vec<EmailId>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
-        let mut ids = Vec::with_capacity(batch.len());
-        for q in batch {
-            ids.push(insert_one(&mut tx, q).await?);
-        }
-        if !batch.is_empty() {
-            self.wake(&mut tx).await?;
-        }
+        let ids = insert_batch(&mut tx, batch).await?;
+        self.wake(&mut tx).await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -349,6 +347,117 @@ async fn record_in(
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Inserts a batch in one statement (one round trip, not one per email):
+/// the columns go as arrays and `UNNEST` turns them back into rows, in
+/// order, so of two emails with one idempotency key the first is kept.
+/// Returns each email's id, as [`insert_one`] would.
+async fn insert_batch(
+    tx: &mut sqlx::PgConnection,
+    batch: &[Queued],
+) -> Result<Vec<EmailId>, StoreError> {
+    let n = batch.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut priorities = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut due = Vec::with_capacity(n);
+    let mut max_fails = Vec::with_capacity(n);
+    let mut max_time = Vec::with_capacity(n);
+    let mut from = Vec::with_capacity(n);
+    let mut recipients = Vec::with_capacity(n);
+    let mut subjects = Vec::with_capacity(n);
+    let mut message_ids = Vec::with_capacity(n);
+    let mut raws = Vec::with_capacity(n);
+    let mut tags = Vec::with_capacity(n);
+    for q in batch {
+        ids.push(q.id.to_string());
+        keys.push(q.idempotency_key.as_deref());
+        states.push(if q.due_at_ms > q.created_at_ms {
+            "scheduled"
+        } else {
+            "queued"
+        });
+        priorities.push(i64::from(q.priority));
+        created.push(q.created_at_ms);
+        due.push(q.due_at_ms);
+        max_fails.push(q.max_fails.map(i64::from));
+        max_time.push(q.max_time_ms);
+        from.push(q.mail_from.as_str());
+        recipients.push(serde_json::to_string(&q.rcpt_to).unwrap_or_else(|_| "[]".into()));
+        subjects.push(q.subject.as_deref());
+        message_ids.push(q.message_id.as_deref());
+        raws.push(q.raw.as_slice());
+        tags.push(q.tags.as_deref());
+    }
+    // DO NOTHING on any unique column, as in `insert_one`.
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO emails (id, idempotency_key, state, priority, created_at, due_at, next_at, \
+         max_fails, max_time_ms, mail_from, recipients, pending, subject, message_id, raw, tags) \
+         SELECT id, k, st, pr, cr, du, du, mf, mt, fr, rc, rc, su, mi, ra, ta \
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], \
+                       $7::int8[], $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[], \
+                       $13::bytea[], $14::text[]) \
+                AS t(id, k, st, pr, cr, du, mf, mt, fr, rc, su, mi, ra, ta) \
+         ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&keys)
+    .bind(&states)
+    .bind(&priorities)
+    .bind(&created)
+    .bind(&due)
+    .bind(&max_fails)
+    .bind(&max_time)
+    .bind(&from)
+    .bind(&recipients)
+    .bind(&subjects)
+    .bind(&message_ids)
+    .bind(&raws)
+    .bind(&tags)
+    .fetch_all(&mut *tx)
+    .await?;
+    // Only an email not inserted whose idempotency key is taken gets
+    // another id: the one stored with that key (an email redelivered by
+    // its queue keeps its own id).
+    let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    let refused: Vec<&str> = batch
+        .iter()
+        .zip(&ids)
+        .filter(|(_, id)| !inserted.contains(id.as_str()))
+        .filter_map(|(q, _)| q.idempotency_key.as_deref())
+        .collect();
+    let mut holders = std::collections::HashMap::new();
+    if !refused.is_empty() {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT idempotency_key, id FROM emails WHERE idempotency_key = ANY($1::text[])",
+        )
+        .bind(&refused)
+        .fetch_all(&mut *tx)
+        .await?;
+        holders.extend(rows);
+    }
+    batch
+        .iter()
+        .zip(&ids)
+        .map(|(q, id)| {
+            let held = q
+                .idempotency_key
+                .as_ref()
+                .filter(|_| !inserted.contains(id.as_str()))
+                .and_then(|k| holders.get(k));
+            match held {
+                None => Ok(q.id),
+                Some(id) => id.parse().map_err(|e: uuid::Error| StoreError::Corrupt {
+                    id: id.clone(),
+                    field: "id",
+                    reason: e.to_string(),
+                }),
+            }
+        })
+        .collect()
 }
 
 async fn insert_one(tx: &mut sqlx::PgConnection, q: &Queued) -> Result<EmailId, StoreError> {

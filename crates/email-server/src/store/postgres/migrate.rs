@@ -11,7 +11,10 @@ use sqlx::postgres::PgPool;
 use crate::store::StoreError;
 
 /// Schema migrations, in order; never edit one that has shipped.
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/postgres/0001_init.sql"),
+    include_str!("../../../migrations/postgres/0002_partial_idempotency_index.sql"),
+];
 
 /// Brings the schema up to date. `schema` (already checked) is created if
 /// missing; `None` means the connection's own `search_path`.
