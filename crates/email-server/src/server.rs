@@ -17,6 +17,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use email::config::{Config, DatabaseEngine, QueueEngine, SmtpSection, SmtpSecurity};
 use tokio::sync::{Notify, watch};
@@ -52,7 +53,34 @@ pub async fn open_store(config: &Config) -> Result<Store, ServerError> {
                     "database engine postgres needs `url` (or EMAIL_DATABASE_URL) or `host`".into(),
                 )
             })?;
-            Ok(Store::Postgres(PostgresStore::open(url.expose()).await?))
+            Ok(Store::Postgres(open_postgres(url.expose()).await?))
+        }
+    }
+}
+
+/// How long a starting server waits for a database that is unavailable.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Opens PostgreSQL, waiting (up to [`STARTUP_PATIENCE`]) while it is
+/// unavailable: a server restarted during a database restart or failover,
+/// or whose connection was terminated mid-migration, comes up once the
+/// database does instead of exiting. A refusal (bad password, unknown
+/// database, a schema newer than this build) is reported at once.
+async fn open_postgres(url: &str) -> Result<PostgresStore, StoreError> {
+    let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match PostgresStore::open(url).await {
+            Err(e)
+                if e.is_unavailable()
+                    && !matches!(e, StoreError::Open(_))
+                    && tokio::time::Instant::now() + wait < deadline =>
+            {
+                tracing::warn!(error = %e, retry_in = ?wait, "the database is unavailable; waiting for it");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            result => return result,
         }
     }
 }

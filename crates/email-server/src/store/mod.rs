@@ -409,3 +409,73 @@ impl Store {
         delegate!(self, s => s.reschedule(id, at).await)
     }
 }
+
+impl StoreError {
+    /// Whether the store is unavailable (busy, locked, full, unreachable,
+    /// shutting down: every email would fail alike, so wait and retry)
+    /// rather than refusing these particular emails.
+    pub fn is_unavailable(&self) -> bool {
+        let e = self;
+        match e {
+            StoreError::Db(sqlx::Error::Database(db)) => db.code().is_some_and(|c| outage_code(&c)),
+            StoreError::Db(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+                    | sqlx::Error::Configuration(_)
+            ),
+            StoreError::Open(_) => true,
+            // The embedded store reports SQLite errors as text.
+            StoreError::Queue(q) => {
+                let text = q.to_string();
+                q.is_transient()
+                    || matches!(q, email::queue::QueueError::Full)
+                    || ["locked", "busy", "I/O"].iter().any(|w| text.contains(w))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// SQLite primary codes BUSY, LOCKED, IOERR, FULL, CANTOPEN; PostgreSQL
+/// classes 08 (connection), 40 (rollback), 53 (resources), 57 (operator
+/// intervention), 58 (system) and 55P03 (lock not available).
+fn outage_code(code: &str) -> bool {
+    // SQLSTATE is always five characters; SQLite's (extended) result codes
+    // are decimal numbers below 10,000.
+    if code.len() == 5 {
+        return ["08", "40", "53", "57", "58", "55P03"]
+            .iter()
+            .any(|p| code.starts_with(p));
+    }
+    code.parse::<u32>()
+        .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 13 | 14))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outage_code;
+
+    #[test]
+    fn outage_codes_are_the_unavailable_ones() {
+        // SQLite: BUSY, BUSY_SNAPSHOT (517), LOCKED, FULL; not CONSTRAINT (19, 1811).
+        for code in ["5", "517", "6", "13", "10"] {
+            assert!(outage_code(code), "{code}");
+        }
+        for code in ["19", "1811", "1"] {
+            assert!(!outage_code(code), "{code}");
+        }
+        // PostgreSQL: connection failure, deadlock, too many connections,
+        // shutdown; not unique violation or bad encoding.
+        for code in ["08006", "40P01", "53300", "57P01", "55P03"] {
+            assert!(outage_code(code), "{code}");
+        }
+        for code in ["23505", "22021"] {
+            assert!(!outage_code(code), "{code}");
+        }
+    }
+}
