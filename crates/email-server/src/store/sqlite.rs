@@ -22,6 +22,22 @@ pub struct SqliteStore {
     db: Embedded,
 }
 
+/// A claim: the rows `select` picks become `sending` under a new lease for
+/// `?1` until `?2`, and come back with what delivery needs.
+macro_rules! sql_claim {
+    ($duplicate:literal, $select:literal) => {
+        concat!(
+            "UPDATE emails SET state = 'sending', lease_owner = ?1, lease_until = ?2, \
+                    lease_token = lease_token + 1, ",
+            $duplicate,
+            " WHERE id IN (",
+            $select,
+            ") RETURNING id, lease_token, mail_from, pending, raw, attempts, due_at, max_fails, \
+             max_time_ms"
+        )
+    };
+}
+
 impl SqliteStore {
     /// Opens (creating and migrating if needed) the database file.
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
@@ -46,30 +62,65 @@ impl SqliteStore {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        // Each half of the UNION uses its own partial index, so a backlog of
-        // future emails or a long history costs nothing here. Taking over an
-        // expired lease means its owner died mid-attempt, perhaps after the
-        // final "." was accepted: the email is marked a possible duplicate.
-        let rows = sqlx::query(
-            "UPDATE emails SET state = 'sending', lease_owner = ?1, lease_until = ?2, \
-                    lease_token = lease_token + 1, \
-                    possible_duplicate = possible_duplicate | (state = 'sending') \
-             WHERE id IN ( \
-                 SELECT id FROM ( \
-                     SELECT id, priority, next_at FROM emails \
-                      WHERE state IN ('scheduled', 'queued', 'deferred') AND next_at <= ?3 \
-                     UNION ALL \
-                     SELECT id, priority, next_at FROM emails \
-                      WHERE state = 'sending' AND lease_until <= ?3) \
-                 ORDER BY priority DESC, next_at LIMIT ?4) \
-             RETURNING id, lease_token, mail_from, pending, raw, attempts, due_at, max_fails, max_time_ms",
-        )
+        // Three kinds of statement, each reading only what it takes:
+        // expired leases first (their owner died mid-attempt, perhaps
+        // after the final "." was accepted: a possible duplicate), then
+        // the distinct priorities of unfinished emails, found by index
+        // seeks (a loose index scan), and for each, highest first, its due
+        // emails in due order through `emails_claim (priority, next_at)`.
+        // One ORDER BY priority over all due emails would read every one
+        // of them on every claim. One transaction: one commit per claim.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let until = now + lease_ms;
+        let mut tx = self.pool().begin().await?;
+        let mut rows = sqlx::query(sql_claim!(
+            "possible_duplicate = 1",
+            "SELECT id FROM emails WHERE state = 'sending' AND lease_until <= ?3 \
+             ORDER BY priority DESC, next_at LIMIT ?4"
+        ))
         .bind(owner)
-        .bind(now + lease_ms)
+        .bind(until)
         .bind(now)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(self.pool())
+        .bind(limit)
+        .fetch_all(&mut *tx)
         .await?;
+        if (rows.len() as i64) < limit {
+            let priorities: Vec<i64> = sqlx::query_scalar(
+                "WITH RECURSIVE p(v) AS ( \
+                     SELECT (SELECT max(priority) FROM emails \
+                              WHERE state IN ('scheduled', 'queued', 'deferred')) \
+                     UNION ALL \
+                     SELECT (SELECT max(priority) FROM emails \
+                              WHERE state IN ('scheduled', 'queued', 'deferred') AND priority < v) \
+                       FROM p WHERE v IS NOT NULL) \
+                 SELECT v FROM p WHERE v IS NOT NULL",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            for priority in priorities {
+                let left = limit - rows.len() as i64;
+                if left <= 0 {
+                    break;
+                }
+                rows.extend(
+                    sqlx::query(sql_claim!(
+                        "possible_duplicate = possible_duplicate",
+                        "SELECT id FROM emails \
+                          WHERE state IN ('scheduled', 'queued', 'deferred') \
+                            AND priority = ?5 AND next_at <= ?3 \
+                          ORDER BY next_at LIMIT ?4"
+                    ))
+                    .bind(owner)
+                    .bind(until)
+                    .bind(now)
+                    .bind(left)
+                    .bind(priority)
+                    .fetch_all(&mut *tx)
+                    .await?,
+                );
+            }
+        }
+        tx.commit().await?;
         let mut good = Vec::with_capacity(rows.len());
         for row in &rows {
             match claimed(row) {

@@ -26,6 +26,7 @@ use super::{EmailId, QueueError, Queued};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_indexes.sql"),
+    include_str!("../../migrations/sqlite/0003_claim_index.sql"),
 ];
 
 /// A handle on the embedded database. Cheap to clone.
