@@ -47,6 +47,25 @@ impl Reply {
     pub fn lines(&self) -> impl Iterator<Item = &str> {
         self.text.split('\n')
     }
+
+    /// Not API: runs the client's reply parser over `lines` (each without
+    /// its line ending), returning the complete replies in order, and the
+    /// error that would drop the connection, if any. For the fuzz targets.
+    #[doc(hidden)]
+    pub fn parse_lines<'a>(
+        lines: impl IntoIterator<Item = &'a [u8]>,
+    ) -> (Vec<Reply>, Option<String>) {
+        let mut parser = ReplyParser::default();
+        let mut replies = Vec::new();
+        for line in lines {
+            match parser.push(line) {
+                Ok(Some(reply)) => replies.push(reply),
+                Ok(None) => {}
+                Err(error) => return (replies, Some(error)),
+            }
+        }
+        (replies, None)
+    }
 }
 
 /// `550 5.1.1 no such user`, lines of a multi-line reply separated by `" / "`
@@ -151,7 +170,7 @@ fn split_enhanced(code: u16, text: &str) -> Option<(&str, &str)> {
     };
     let valid = parts.next().is_none()
         && class.len() == 1
-        && u16::from(class.as_bytes()[0] - b'0') == code / 100
+        && class.as_bytes()[0].checked_sub(b'0').map(u16::from) == Some(code / 100)
         && number(subject, 3)
         && number(detail, 3);
     valid.then_some((candidate, rest))

@@ -143,7 +143,10 @@ fn headers(msg: &Message<'_>, email: &mut Email) {
             "mime-version" | "content-type" | "content-transfer-encoding" => Some(()),
             _ => None,
         };
-        if ok.is_none() {
+        // A name that is not printable ASCII (a bare CR, a space, 8-bit
+        // bytes) is garbage mail-parser took for a header; written back it
+        // would break the header section, a bare CR even into two lines.
+        if ok.is_none() && name.bytes().all(|b| (33..=126).contains(&b)) {
             let value = match h.value.as_text() {
                 Some(t) => clean(t),
                 None => raw_value(msg, h.offset_start, h.offset_end),
@@ -214,7 +217,15 @@ fn uris(v: &HeaderValue<'_>) -> Option<Vec<String>> {
             .clone()
             .into_list()
             .into_iter()
-            .map(|a| a.address.map(|s| s.into_owned()))
+            .map(|a| {
+                // Written back between `<` and `>`: no CR, LF, spaces or
+                // brackets, else the header is kept verbatim instead.
+                let uri = a.address?;
+                let plain = uri
+                    .bytes()
+                    .all(|b| (33..=126).contains(&b) && b != b'<' && b != b'>');
+                plain.then(|| uri.into_owned())
+            })
             .collect(),
         _ => None,
     }
