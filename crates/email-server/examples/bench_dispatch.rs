@@ -208,6 +208,7 @@ async fn dispatch(args: &ServerArgs) -> anyhow::Result<()> {
     };
     let t_end = now_ms();
     let (hwm_kb, rss_kb) = server.memory()?;
+    let cpu_ms = server.cpu_ms()?;
     server.stop().await?;
     let row = sqlx::query(
         "SELECT count(*) AS n, sum(outcome = 'sent') AS sent, min(started_at) AS first, \
@@ -233,14 +234,16 @@ async fn dispatch(args: &ServerArgs) -> anyhow::Result<()> {
     let steady = (last - first) as f64 / 1000.0;
     println!(
         "RESULT dispatch due={due} sent={sent} complete={} scheduled={scheduled} conns={} \
-         secs={total:.3} rate={:.1} first_attempt_ms={} steady_rate={:.1} vmhwm_mb={:.1} vmrss_mb={:.1}",
+         secs={total:.3} rate={:.1} first_attempt_ms={} steady_rate={:.1} vmhwm_mb={:.1} vmrss_mb={:.1} \
+         cpu_ms_per_email={:.3}",
         u8::from(complete),
         args.conns,
         sent as f64 / total,
         first - t0,
         sent as f64 / steady.max(1e-3),
         hwm_kb as f64 / 1024.0,
-        rss_kb as f64 / 1024.0
+        rss_kb as f64 / 1024.0,
+        cpu_ms / sent.max(1) as f64
     );
     Ok(())
 }
@@ -384,6 +387,18 @@ impl Server {
             bail!("the server exited ({status}): see {}", self.log.display());
         }
         Ok(())
+    }
+
+    /// CPU time (user + system) the server has used so far, in ms, from
+    /// `/proc/PID/stat` (fields 14 and 15, in clock ticks of 1/100 s).
+    fn cpu_ms(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        // The command name (field 2) may hold spaces; count after its ')'.
+        let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields.get(11).context("no utime")?.parse::<u64>()?
+            + fields.get(12).context("no stime")?.parse::<u64>()?;
+        Ok(ticks as f64 * 10.0)
     }
 
     /// `VmHWM` (peak) and `VmRSS` (now) of the server, in kB.

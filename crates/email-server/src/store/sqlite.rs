@@ -85,23 +85,22 @@ impl SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         if (rows.len() as i64) < limit {
-            let priorities: Vec<i64> = sqlx::query_scalar(
-                "WITH RECURSIVE p(v) AS ( \
-                     SELECT (SELECT max(priority) FROM emails \
-                              WHERE state IN ('scheduled', 'queued', 'deferred')) \
-                     UNION ALL \
-                     SELECT (SELECT max(priority) FROM emails \
-                              WHERE state IN ('scheduled', 'queued', 'deferred') AND priority < v) \
-                       FROM p WHERE v IS NOT NULL) \
-                 SELECT v FROM p WHERE v IS NOT NULL",
-            )
-            .fetch_all(&mut *tx)
-            .await?;
-            for priority in priorities {
+            // Highest priority first, one index seek each (a loose index
+            // scan): no recursive CTE, whose work table costs more than
+            // the seeks.
+            let mut below: Option<i64> = None;
+            while (rows.len() as i64) < limit {
+                let priority: Option<i64> = sqlx::query_scalar(
+                    "SELECT max(priority) FROM emails \
+                      WHERE state IN ('scheduled', 'queued', 'deferred') \
+                        AND priority < ?1",
+                )
+                .bind(below.unwrap_or(i64::MAX))
+                .fetch_one(&mut *tx)
+                .await?;
+                let Some(priority) = priority else { break };
+                below = Some(priority);
                 let left = limit - rows.len() as i64;
-                if left <= 0 {
-                    break;
-                }
                 rows.extend(
                     sqlx::query(sql_claim!(
                         "possible_duplicate = possible_duplicate",
