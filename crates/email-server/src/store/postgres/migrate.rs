@@ -14,6 +14,7 @@ use crate::store::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0001_init.sql"),
     include_str!("../../../migrations/postgres/0002_partial_idempotency_index.sql"),
+    include_str!("../../../migrations/postgres/0003_claim_index.sql"),
 ];
 
 /// Brings the schema up to date. `schema` (already checked) is created if
