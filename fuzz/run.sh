@@ -5,6 +5,7 @@
 #   fuzz/run.sh            # CI smoke run: 20 s per target
 #   fuzz/run.sh 600        # a long run: 10 min per target
 #   FUZZ_TARGETS="config smtp_reply" fuzz/run.sh 60
+#   FUZZ_TARGET_DIR=/var/cache/email-fuzz fuzz/run.sh   # keep the build
 #
 # Works from any directory, as root on a clean checkout; safe to re-run
 # (cargo-fuzz is installed only when missing, the corpus in fuzz/corpus/
@@ -21,8 +22,8 @@ targets=${FUZZ_TARGETS:-parse_message queue_record config smtp_reply smtp_sessio
 # Targets run side by side, one per core.
 jobs=${FUZZ_JOBS:-$(nproc)}
 
-# cargo-fuzz drives libFuzzer through flags that stable rustc accepts only
-# with RUSTC_BOOTSTRAP (no nightly toolchain is needed).
+# cargo-fuzz's sanitizer and -Z options are unstable rustc flags;
+# RUSTC_BOOTSTRAP=1 lets the stable toolchain take them (no nightly needed).
 export RUSTC_BOOTSTRAP=1
 export CARGO_TERM_COLOR=never
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -37,6 +38,12 @@ fi
 # assertions and overflow checks are switched on for our own crates in
 # fuzz/Cargo.toml, not for the dependencies (see the note there).
 build=(-O --sanitizer none)
+# FUZZ_TARGET_DIR: build somewhere that outlives the checkout (a CI cache),
+# so that a later run only rebuilds what changed.
+if [[ -n ${FUZZ_TARGET_DIR:-} ]]; then
+  build+=(--target-dir "$FUZZ_TARGET_DIR")
+fi
+mkdir -p target
 
 echo "==> building the fuzz targets"
 # shellcheck disable=SC2086 # $targets is a list
@@ -71,8 +78,8 @@ run_one() {
 
 summary() {
   local t=$1 rc=$2 log=target/run-$1.log runs cov
-  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
-  cov=$(grep -o 'cov: [0-9]* ft: [0-9]* corp: [0-9]*' "$log" | tail -n1)
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1 || true)
+  cov=$(grep -o 'cov: [0-9]* ft: [0-9]* corp: [0-9]*' "$log" | tail -n1 || true)
   if [[ $rc -eq 0 ]]; then
     printf '%-14s ok     %s runs in %s s, %s\n' "$t" "${runs:-?}" "$seconds" "${cov:-no coverage line}"
   else
@@ -105,10 +112,11 @@ for t in $targets; do
   summary "$t" "${rc_of[$t]}"
   if [[ ${rc_of[$t]} -ne 0 ]]; then
     failed=1
-    grep -E 'panicked at|ERROR: libFuzzer|SUMMARY|Test unit written' "target/run-$t.log" | head -n 8 | sed 's/^/    /'
+    grep -E 'panicked at|ERROR: libFuzzer|SUMMARY|Test unit written|^error' "target/run-$t.log" |
+      head -n 8 | sed 's/^/    /' || true
   fi
 done
 if ((failed)); then
-  echo "fuzzing found a failure; reproduce with: RUSTC_BOOTSTRAP=1 cargo fuzz run -s none TARGET fuzz/artifacts/TARGET/FILE" >&2
+  echo "fuzzing found a failure; reproduce with: cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O -s none TARGET artifacts/TARGET/FILE" >&2
   exit 1
 fi
