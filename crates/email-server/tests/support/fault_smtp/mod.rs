@@ -427,6 +427,15 @@ impl FaultServer {
         self.addr
     }
 
+    /// Stops listening and drops every connection, as dropping the server
+    /// does, but keeps what it recorded readable: a relay that goes down.
+    pub(crate) async fn shut_down(&self) {
+        self.task.abort();
+        while !self.task.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Every message whose final `.` was read, in order.
     pub(crate) fn received(&self) -> Vec<Received> {
         lock(&self.state.record).received.clone()
