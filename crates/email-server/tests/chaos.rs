@@ -108,12 +108,6 @@ async fn f05_relay_down() {
 
 /// F6: see [`disk_full::run`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: after a disk-full error while recording attempts, the server keeps a SQLite \
-            write transaction open for good (about 1 small run in 2): its process holds the \
-            WAL write lock long after space is back, enqueue waits busy_timeout (10 s) and \
-            fails with 'database is locked', and the server's later records are not \
-            committed; suspect dispatch/mod.rs recorder + store/sqlite.rs record_many and \
-            sqlx's rollback on drop of a failed transaction"]
 async fn f06_disk_full() {
     disk_full::run().await;
 }

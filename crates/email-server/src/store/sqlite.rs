@@ -72,54 +72,62 @@ impl SqliteStore {
         // of them on every claim. One transaction: one commit per claim.
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let until = now + lease_ms;
-        let mut tx = self.pool().begin().await?;
-        let mut rows = sqlx::query(sql_claim!(
-            "possible_duplicate = 1",
-            "SELECT id FROM emails WHERE state = 'sending' AND lease_until <= ?3 \
-             ORDER BY priority DESC, next_at LIMIT ?4"
-        ))
-        .bind(owner)
-        .bind(until)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        if (rows.len() as i64) < limit {
-            // Highest priority first, one index seek each (a loose index
-            // scan): no recursive CTE, whose work table costs more than
-            // the seeks.
-            let mut below: Option<i64> = None;
-            while (rows.len() as i64) < limit {
-                let priority: Option<i64> = sqlx::query_scalar(
-                    "SELECT max(priority) FROM emails \
-                      WHERE state IN ('scheduled', 'queued', 'deferred') \
-                        AND priority < ?1",
-                )
-                .bind(below.unwrap_or(i64::MAX))
-                .fetch_one(&mut *tx)
-                .await?;
-                let Some(priority) = priority else { break };
-                below = Some(priority);
-                let left = limit - rows.len() as i64;
-                rows.extend(
-                    sqlx::query(sql_claim!(
-                        "possible_duplicate = possible_duplicate",
-                        "SELECT id FROM emails \
+        let mut conn = self.pool().acquire().await?;
+        let result: Result<Vec<sqlx::sqlite::SqliteRow>, StoreError> = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let mut rows = sqlx::query(sql_claim!(
+                "possible_duplicate = 1",
+                "SELECT id FROM emails WHERE state = 'sending' AND lease_until <= ?3 \
+                 ORDER BY priority DESC, next_at LIMIT ?4"
+            ))
+            .bind(owner)
+            .bind(until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            if (rows.len() as i64) < limit {
+                // Highest priority first, one index seek each (a loose index
+                // scan): no recursive CTE, whose work table costs more than
+                // the seeks.
+                let mut below: Option<i64> = None;
+                while (rows.len() as i64) < limit {
+                    let priority: Option<i64> = sqlx::query_scalar(
+                        "SELECT max(priority) FROM emails \
                           WHERE state IN ('scheduled', 'queued', 'deferred') \
-                            AND priority = ?5 AND next_at <= ?3 \
-                          ORDER BY next_at LIMIT ?4"
-                    ))
-                    .bind(owner)
-                    .bind(until)
-                    .bind(now)
-                    .bind(left)
-                    .bind(priority)
-                    .fetch_all(&mut *tx)
-                    .await?,
-                );
+                            AND priority < ?1",
+                    )
+                    .bind(below.unwrap_or(i64::MAX))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let Some(priority) = priority else { break };
+                    below = Some(priority);
+                    let left = limit - rows.len() as i64;
+                    rows.extend(
+                        sqlx::query(sql_claim!(
+                            "possible_duplicate = possible_duplicate",
+                            "SELECT id FROM emails \
+                              WHERE state IN ('scheduled', 'queued', 'deferred') \
+                                AND priority = ?5 AND next_at <= ?3 \
+                              ORDER BY next_at LIMIT ?4"
+                        ))
+                        .bind(owner)
+                        .bind(until)
+                        .bind(now)
+                        .bind(left)
+                        .bind(priority)
+                        .fetch_all(&mut *tx)
+                        .await?,
+                    );
+                }
             }
+            tx.commit().await?;
+            Ok(rows)
         }
-        tx.commit().await?;
+        .await;
+        forget_if_failed(&mut conn, &result);
+        drop(conn);
+        let rows = result?;
         let mut good = Vec::with_capacity(rows.len());
         for row in &rows {
             match claimed(row) {
@@ -145,13 +153,19 @@ impl SqliteStore {
     }
 
     pub(crate) async fn record_many(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let mut updated = Vec::with_capacity(items.len());
-        for item in items {
-            updated.push(record_in(&mut tx, item).await?);
+        let mut conn = self.pool().acquire().await?;
+        let result = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let mut updated = Vec::with_capacity(items.len());
+            for item in items {
+                updated.push(record_in(&mut tx, item).await?);
+            }
+            tx.commit().await?;
+            Ok(updated)
         }
-        tx.commit().await?;
-        Ok(updated)
+        .await;
+        forget_if_failed(&mut conn, &result);
+        result
     }
 
     pub(crate) async fn renew_leases(&self, owner: &str, until: i64) -> Result<u64, StoreError> {
@@ -373,10 +387,7 @@ impl SqliteStore {
 }
 
 /// One completion inside the group-commit transaction.
-async fn record_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    item: &Completion,
-) -> Result<bool, StoreError> {
+async fn record_in(tx: &mut sqlx::SqliteConnection, item: &Completion) -> Result<bool, StoreError> {
     let (c, a, next) = (&item.claimed, item.attempt.as_ref(), &item.next);
     if let Some(a) = a {
         // Kept even when the lease was taken over: it happened.
@@ -403,13 +414,13 @@ async fn record_in(
     .bind(&c.id)
     .bind(c.token)
     .bind(i64::from(a.is_some()))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
 async fn insert_attempt(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::SqliteConnection,
     id: &str,
     a: &Attempt,
 ) -> Result<(), StoreError> {
@@ -428,7 +439,7 @@ async fn insert_attempt(
     .bind(&a.reply)
     .bind(a.possible_duplicate)
     .bind(serde_json::to_string(&a.recipients).unwrap_or_else(|_| "[]".into()))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
@@ -499,4 +510,20 @@ fn attempt(r: &SqliteRow) -> Result<Attempt, StoreError> {
         possible_duplicate: r.try_get::<i64, _>("possible_duplicate")? != 0,
         recipients,
     })
+}
+
+/// After a failed write transaction, closes the connection instead of
+/// returning it to the pool. A commit that fails (disk full, an I/O error)
+/// can leave SQLite's transaction open, or sqlx's idea of it out of step
+/// with SQLite's; either way the connection would keep the database's
+/// write lock and every other writer (the applications' `enqueue`) would
+/// wait on it for good. A new connection starts clean.
+fn forget_if_failed<T>(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    result: &Result<T, StoreError>,
+) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "a store write failed; reopening the database connection");
+        conn.close_on_drop();
+    }
 }
