@@ -97,11 +97,6 @@ async fn f07_two_servers_one_killed() {
 
 /// F5: see [`relay_down::run`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: while the relay refuses connections, every email's attempt opens its own \
-            connection (small run: 744 SYNs to the port in a 5 s outage with 400 emails, \
-            bound 24); smtp/pool.rs holds back only sends that were already waiting when a \
-            connect failed (failed_while_waiting), and a refused connect fails too fast for \
-            any to be waiting"]
 async fn f05_relay_down() {
     relay_down::run().await;
 }

@@ -13,12 +13,35 @@ use tracing::debug;
 use super::session::{Attempt, Fate, Relay, Session};
 use super::{Delivery, Outcome, Reply, Security, SmtpConfig, SmtpError, data, tls};
 
-/// The sends that were waiting for a connection while an attempt to
-/// connect failed give up at once, without trying, if the failure is less
-/// than this old: a relay that is down is then tried by at most
-/// `max_connections` sends at a time, not by every queued message. The
-/// bound keeps an old failure from failing a send that waited long.
-const UNREACHABLE_HOLD: Duration = Duration::from_secs(2);
+/// A circuit breaker per relay: after a connection attempt fails, every
+/// send that needs a new connection gives up at once, without trying, for
+/// this long; each further failure in a row doubles the hold, up to
+/// [`UNREACHABLE_HOLD_MAX`]. A relay that is down is then tried by at most
+/// `max_connections` sends per hold, not by every queued message (the
+/// dispatcher defers the others with their own backoff); the first
+/// connection that succeeds closes the breaker.
+const UNREACHABLE_HOLD: Duration = Duration::from_secs(1);
+
+/// The longest hold of the breaker: how late, at worst, a relay that came
+/// back is tried again.
+const UNREACHABLE_HOLD_MAX: Duration = Duration::from_secs(30);
+
+/// The breaker's state: the last failed connection attempt.
+struct Unreachable {
+    at: Instant,
+    reason: String,
+    /// Failed attempts in a row.
+    failures: u32,
+}
+
+impl Unreachable {
+    fn hold(&self) -> Duration {
+        let doublings = self.failures.saturating_sub(1).min(16);
+        UNREACHABLE_HOLD
+            .saturating_mul(1 << doublings)
+            .min(UNREACHABLE_HOLD_MAX)
+    }
+}
 
 /// A pool of SMTP connections to one relay. Cloning is cheap and shares
 /// the pool.
@@ -51,9 +74,9 @@ struct Inner {
     /// takes only when it holds a permit and opens a connection only when
     /// this is empty, so open connections never exceed the permits.
     idle: Mutex<Vec<Session>>,
-    /// When and why the last connection attempt failed (see
-    /// [`UNREACHABLE_HOLD`]).
-    unreachable: Mutex<Option<(Instant, String)>>,
+    /// When and why the last connection attempt failed, and how many
+    /// failed in a row (see [`UNREACHABLE_HOLD`]).
+    unreachable: Mutex<Option<Unreachable>>,
     /// Set by [`SmtpPool::close`]: sessions are closed after use instead of
     /// kept. Read and written under the `idle` lock.
     closed: AtomicBool,
@@ -110,7 +133,6 @@ impl SmtpPool {
         if let Err(reason) = check_envelope(mail_from, rcpt_to) {
             return inner.failure(Outcome::Permanent(reason), None);
         }
-        let waiting_since = Instant::now();
         let Ok(permit) = Arc::clone(&inner.permits).acquire_owned().await else {
             // The semaphore is never closed; this is for completeness.
             return inner.failure(Outcome::Transient("connection pool closed".into()), None);
@@ -138,7 +160,7 @@ impl SmtpPool {
             return self.finish(session, attempt, permit);
         }
 
-        if let Some(reason) = inner.failed_while_waiting(waiting_since) {
+        if let Some(reason) = inner.held_back() {
             return inner.failure(Outcome::Transient(reason), None);
         }
         let relay = Relay {
@@ -154,7 +176,13 @@ impl SmtpPool {
             Err(error) => {
                 debug!(relay = %inner.relay, reason = %error.reason, "cannot open an SMTP session");
                 if error.unreachable {
-                    *lock(&inner.unreachable) = Some((Instant::now(), error.reason.clone()));
+                    let mut breaker = lock(&inner.unreachable);
+                    let failures = breaker.as_ref().map_or(0, |u| u.failures) + 1;
+                    *breaker = Some(Unreachable {
+                        at: Instant::now(),
+                        reason: error.reason.clone(),
+                        failures,
+                    });
                 }
                 return inner.failure(Outcome::Transient(error.reason), error.reply);
             }
@@ -250,18 +278,19 @@ impl Inner {
         }
     }
 
-    /// The reason to fail without trying: a connection attempt failed
-    /// while this send was waiting for its turn, and not long ago. A send
-    /// that starts after the failure does try, so the first message after
-    /// an outage is not refused for nothing.
-    fn failed_while_waiting(&self, waiting_since: Instant) -> Option<String> {
+    /// Why a send should not try to connect now: the breaker is open (the
+    /// last attempt failed less than its hold ago).
+    fn held_back(&self) -> Option<String> {
         let guard = lock(&self.unreachable);
-        let (when, reason) = guard.as_ref()?;
-        let ago = when.elapsed();
-        (*when >= waiting_since && ago < UNREACHABLE_HOLD).then(|| {
+        let u = guard.as_ref()?;
+        let ago = u.at.elapsed();
+        let hold = u.hold();
+        (ago < hold).then(|| {
             format!(
-                "{reason} (not retried: the last attempt failed {} ms ago)",
-                ago.as_millis()
+                "{} (not retried: the last attempt failed {} ms ago; the relay is tried again in {} ms)",
+                u.reason,
+                ago.as_millis(),
+                (hold - ago).as_millis()
             )
         })
     }

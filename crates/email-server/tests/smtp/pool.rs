@@ -161,10 +161,18 @@ async fn relay_down_is_not_hammered() {
             attempted <= 2,
             "{attempted} connection attempts for one relay"
         );
-        // A send that starts after the failure tries again (the relay may be
-        // back); only the sends queued behind a failing attempt give up.
+        // The breaker holds every new connection after a failure (1 s, then
+        // doubling with each failure in a row: at most 2 s after the two
+        // attempts above); after that the relay is tried again.
+        let held = send_one(&pool).await;
+        assert!(transient(&held).contains("not retried"), "{held:?}");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
         let again = send_one(&pool).await;
         assert!(!transient(&again).contains("not retried"), "{again:?}");
+        // It failed again: the hold doubles.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let doubled = send_one(&pool).await;
+        assert!(transient(&doubled).contains("not retried"), "{doubled:?}");
     })
     .await;
 }
