@@ -9,7 +9,7 @@
 #
 #   scripts/bench-scale.sh
 #
-# Needs Redis and PostgreSQL (EMAIL_TEST_REDIS_URL, EMAIL_TEST_DATABASE_URL;
+# Needs Redis and PostgreSQL (EMAIL_TEST_REDIS_URL, EMAIL_TEST_POSTGRES_URL;
 # defaults redis://127.0.0.1:6379 and postgres://postgres@127.0.0.1:5432/test).
 # Every run uses its own Redis keys and PostgreSQL schema and removes them.
 # About 3 minutes. Logs in target/bench-scale/.

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! URLs come from `EMAIL_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`)
-//! and `EMAIL_TEST_DATABASE_URL` (default
+//! and `EMAIL_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`). Each command prints one
 //! `RESULT` line of `key=value` pairs.
 
@@ -124,7 +124,7 @@ fn redis_url() -> String {
 }
 
 fn pg_url() -> String {
-    std::env::var("EMAIL_TEST_DATABASE_URL")
+    std::env::var("EMAIL_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 

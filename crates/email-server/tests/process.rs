@@ -239,3 +239,106 @@ async fn secrets_never_reach_the_logs() {
     assert!(!shown.contains(PASSWORD) && !shown.contains("not-the-real-one"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The Redis password and the database URL's password never reach the
+/// logs either, at trace level, even when Redis refuses the password (an
+/// error path that prints what it was given is the classic leak). The
+/// machine's Redis has no password, so AUTH fails and intake logs and
+/// retries; PostgreSQL trusts local connections, so the store works and
+/// logs its statements.
+#[tokio::test]
+async fn redis_and_database_passwords_never_reach_the_logs() {
+    const REDIS_PASSWORD: &str = "R3dis-Pa55w0rd!";
+    const PG_PASSWORD: &str = "Pg-Pa55w0rd-9f";
+    let required = std::env::var("EMAIL_TEST_REQUIRE_SERVICES").as_deref() == Ok("1");
+    let pg_url = std::env::var("EMAIL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let redis_url =
+        std::env::var("EMAIL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let schema = format!("secrets_{}", std::process::id());
+    let admin = match sqlx::PgPool::connect(&pg_url).await {
+        Ok(pool) => pool,
+        Err(e) if !required => {
+            eprintln!("SKIPPED: PostgreSQL unreachable at {pg_url}: {e}");
+            return;
+        }
+        Err(e) => panic!("PostgreSQL at {pg_url} is required: {e}"),
+    };
+    // Our own identifier ([a-z0-9_]), never input.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}"
+    )))
+    .execute(&admin)
+    .await
+    .expect("schema");
+    // The same servers, with a password put into each URL.
+    let with_password = |url: &str, user: &str, password: &str| {
+        let (scheme, rest) = url.split_once("://").expect("scheme");
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme}://{user}:{password}@{rest}")
+    };
+    let redis = with_password(&redis_url, "", REDIS_PASSWORD);
+    let pg = with_password(&pg_url, "postgres", PG_PASSWORD);
+    let sep = if pg.contains('?') { '&' } else { '?' };
+    let pg = format!("{pg}{sep}options=-csearch_path%3D{schema}");
+
+    let relay = FaultServer::start(Behaviour::new()).await;
+    let dir = temp("more-secrets");
+    let yaml = format!(
+        "email:\n  queue:\n    default:\n      engine: redis\n      url: '{redis}'\n      \
+         name: 'test-secrets-{pid}'\n  server:\n    database:\n      engine: postgres\n      \
+         url: '{pg}'\n    smtp:\n      host: 127.0.0.1\n      port: {port}\n      \
+         security: plain\n",
+        pid = std::process::id(),
+        port = relay.addr().port()
+    );
+    let config = dir.join("email.yaml");
+    std::fs::write(&config, yaml).expect("config");
+    let child = Command::new(env!("CARGO_BIN_EXE_email-server"))
+        .args([
+            "--config",
+            config.to_str().expect("path"),
+            "--log",
+            "trace",
+            "run",
+        ])
+        .env_remove("EMAIL_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Long enough for the store to open and intake to fail and retry.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = child.wait_with_output().expect("wait");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let check = Command::new(env!("CARGO_BIN_EXE_email-server"))
+        .args(["--config", config.to_str().expect("path"), "check-config"])
+        .output()
+        .expect("check-config");
+    let shown = String::from_utf8_lossy(&check.stdout);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&admin)
+    .await
+    .expect("drop schema");
+    std::fs::remove_dir_all(&dir).ok();
+
+    // The error path ran: Redis refused the password, intake said so.
+    assert!(
+        logs.contains("intake failed"),
+        "intake should have failed on Redis's AUTH and logged it:\n{logs}"
+    );
+    for secret in [REDIS_PASSWORD, PG_PASSWORD] {
+        assert!(!logs.contains(secret), "{secret:?} in the logs:\n{logs}");
+        assert!(
+            !shown.contains(secret),
+            "{secret:?} in check-config:\n{shown}"
+        );
+    }
+    assert!(check.status.success() && shown.contains("***"), "{shown}");
+}
