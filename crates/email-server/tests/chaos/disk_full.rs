@@ -299,7 +299,7 @@ pub(crate) async fn run() {
     let mut kinds: Vec<String> = errors
         .iter()
         .filter_map(|c| c.result.as_ref().err())
-        .map(|e| e.rsplit(": ").next().unwrap_or(e).to_owned())
+        .map(|e| e.split(": ").next().unwrap_or(e).to_owned())
         .collect();
     kinds.sort_unstable();
     kinds.dedup();

@@ -72,12 +72,18 @@ impl SynCounter {
 /// Max connections per relay (`common::transport`).
 const CONNECTIONS: u64 = 4;
 
+/// How soon after the relay's return every email must be delivered: the
+/// pool's circuit breaker may hold its next connection attempt for up to
+/// 30 s (its longest hold), then an email waits at most the retry
+/// schedule's longest wait (5 s here), plus slack for a busy machine.
+const DRAIN: Duration = Duration::from_secs(45);
+
 /// The in-process dispatcher (4 connections, retries after 1 s doubling
 /// to 5 s, max-fails 50) delivers N emails to our relay; after an eighth
 /// of them went out, the relay's port is closed for D seconds while the
 /// second half of the emails is enqueued, then it listens again on the
 /// same port. Every email is delivered (0 failed, 0 expired), within
-/// 15 s of the relay's return; the connection attempts while it is down,
+/// [`DRAIN`] of the relay's return; the connection attempts while it is down,
 /// counted as SYNs on the wire, are bounded per relay, not per email: at
 /// most one round of `max-connections` attempts per second of outage.
 pub(crate) async fn run() {
@@ -144,7 +150,7 @@ pub(crate) async fn run() {
         .expect("the relay back on its port");
     let up_at = Instant::now();
     let drained = wait_for(
-        Duration::from_secs(15),
+        DRAIN,
         "every email delivered after the relay came back",
         || async {
             let t = tally(&rig.store).await;
