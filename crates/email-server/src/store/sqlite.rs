@@ -86,40 +86,38 @@ impl SqliteStore {
             .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
-            if (rows.len() as i64) < limit {
-                // Highest priority first, one index seek each (a loose index
-                // scan): no recursive CTE, whose work table costs more than
-                // the seeks.
-                let mut below: Option<i64> = None;
-                while (rows.len() as i64) < limit {
-                    let priority: Option<i64> = sqlx::query_scalar(
-                        "SELECT max(priority) FROM emails \
+            // Highest priority first, one index seek each (a loose index
+            // scan): no recursive CTE, whose work table costs more than
+            // the seeks.
+            let mut below = i64::MAX;
+            while (rows.len() as i64) < limit {
+                let priority: Option<i64> = sqlx::query_scalar(
+                    "SELECT max(priority) FROM emails \
+                      WHERE state IN ('scheduled', 'queued', 'deferred') \
+                        AND priority < ?1",
+                )
+                .bind(below)
+                .fetch_one(&mut *tx)
+                .await?;
+                let Some(priority) = priority else { break };
+                below = priority;
+                let left = limit - rows.len() as i64;
+                rows.extend(
+                    sqlx::query(sql_claim!(
+                        "possible_duplicate = possible_duplicate",
+                        "SELECT id FROM emails \
                           WHERE state IN ('scheduled', 'queued', 'deferred') \
-                            AND priority < ?1",
-                    )
-                    .bind(below.unwrap_or(i64::MAX))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    let Some(priority) = priority else { break };
-                    below = Some(priority);
-                    let left = limit - rows.len() as i64;
-                    rows.extend(
-                        sqlx::query(sql_claim!(
-                            "possible_duplicate = possible_duplicate",
-                            "SELECT id FROM emails \
-                              WHERE state IN ('scheduled', 'queued', 'deferred') \
-                                AND priority = ?5 AND next_at <= ?3 \
-                              ORDER BY next_at LIMIT ?4"
-                        ))
-                        .bind(owner)
-                        .bind(until)
-                        .bind(now)
-                        .bind(left)
-                        .bind(priority)
-                        .fetch_all(&mut *tx)
-                        .await?,
-                    );
-                }
+                            AND priority = ?5 AND next_at <= ?3 \
+                          ORDER BY next_at LIMIT ?4"
+                    ))
+                    .bind(owner)
+                    .bind(until)
+                    .bind(now)
+                    .bind(left)
+                    .bind(priority)
+                    .fetch_all(&mut *tx)
+                    .await?,
+                );
             }
             tx.commit().await?;
             Ok(rows)
