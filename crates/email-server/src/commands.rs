@@ -183,9 +183,9 @@ async fn send(config: &Config, a: SendArgs) -> Result<(), CliError> {
                 .enqueue_raw(&raw, &parsed, a.from.as_deref(), &a.to, at, &options)
                 .await
                 .map_err(|e| match e {
-                    email::MailerError::Invalid(_) | email::MailerError::NoEnvelope => {
-                        usage(format!("--eml {}: {e}", path.display()))
-                    }
+                    email::MailerError::Invalid(_)
+                    | email::MailerError::NoEnvelope
+                    | email::MailerError::Raw(_) => usage(format!("--eml {}: {e}", path.display())),
                     other => runtime(other),
                 })?
         }

@@ -96,6 +96,15 @@ pub enum ParseError {
     /// The input has no header section that could be recognised.
     #[error("not an RFC 5322 message: {0}")]
     NotAMessage(&'static str),
+    /// A line of the header section is neither a header field nor the
+    /// continuation of one (see [`Email::check_header_section`](crate::Email::check_header_section)).
+    #[error("not an RFC 5322 message: header line {line} {reason}")]
+    BadHeaderLine {
+        /// The line's number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Reading the input failed.
     #[error("reading the message: {0}")]
     Io(#[from] io::Error),

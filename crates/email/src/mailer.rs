@@ -135,6 +135,10 @@ pub enum MailerError {
     /// An envelope address given alongside a raw message is invalid.
     #[error(transparent)]
     Invalid(#[from] crate::Error),
+    /// A raw message given to [`Mailer::enqueue_raw`] does not start with
+    /// a well-formed header section; the server would refuse to send it.
+    #[error("the raw message: {0}")]
+    Raw(#[from] crate::ParseError),
     /// The email has no From or no recipients (possible for a parsed one).
     #[error("the email has no envelope: it needs a From and at least one recipient")]
     NoEnvelope,
@@ -303,6 +307,9 @@ impl Mailer {
         at: Option<Timestamp>,
         options: &SendOptions,
     ) -> Result<EmailId, MailerError> {
+        // The server checks the same before every attempt; refuse now
+        // what it would only fail later.
+        crate::Email::check_header_section(raw)?;
         let headers = parsed.envelope();
         let from = match mail_from {
             Some(f) => crate::Mailbox::parse_for("from", f)?

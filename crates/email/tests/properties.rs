@@ -47,6 +47,25 @@ fn normalised(s: &str) -> String {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
+    /// What the dispatcher's cheap check accepts, the full parser parses.
+    #[test]
+    fn header_check_accepts_only_what_parse_parses(
+        raw in proptest::collection::vec(
+            prop_oneof![Just(b'\r'), Just(b'\n'), Just(b':'), Just(b' '), Just(0u8), any::<u8>(), 97u8..123],
+            0..200,
+        ),
+    ) {
+        if Email::check_header_section(&raw).is_ok() {
+            prop_assert!(Email::parse(&raw).is_ok(), "{:?}", String::from_utf8_lossy(&raw));
+        }
+    }
+
+    #[test]
+    fn rendered_emails_pass_the_header_check(subject in header_text(), text in body_text()) {
+        let email = base().subject(subject).text(text).build().expect("build");
+        prop_assert!(Email::check_header_section(&email.to_bytes()).is_ok());
+    }
+
     #[test]
     fn subject_round_trips(subject in header_text()) {
         let email = base().subject(subject.clone()).text("x").build().expect("build");

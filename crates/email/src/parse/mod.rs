@@ -80,6 +80,60 @@ impl Email {
         Ok(email)
     }
 
+    /// Checks that `raw` starts with a well-formed header section, without
+    /// parsing the message: every line up to the first empty one is a
+    /// header field (`Name: value`, the name printable ASCII without `:`)
+    /// or the folded continuation of one, there is at least one field, and
+    /// no line holds a NUL. Leading whitespace is skipped, as by
+    /// [`Email::parse`]. It reads only the header section, so it is cheap
+    /// enough to run before every delivery; anything it accepts,
+    /// [`Email::parse`] accepts too.
+    ///
+    /// ```
+    /// use email::Email;
+    /// assert!(Email::check_header_section(b"From: a@example.com\r\n\r\nHi\r\n").is_ok());
+    /// let err = Email::check_header_section(b"From a@example.com Mon Jan 1\r\n").unwrap_err();
+    /// assert_eq!(err.to_string(), "not an RFC 5322 message: header line 1 has no colon");
+    /// ```
+    pub fn check_header_section(raw: &[u8]) -> Result<(), ParseError> {
+        let start = raw
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .ok_or(ParseError::Empty)?;
+        let bad = |line, reason| Err(ParseError::BadHeaderLine { line, reason });
+        let mut fields = 0;
+        for (i, line) in raw[start..].split(|&b| b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                break;
+            }
+            if line.contains(&0) {
+                return bad(i + 1, "holds a NUL byte");
+            }
+            if matches!(line[0], b' ' | b'\t') {
+                if fields == 0 {
+                    return bad(i + 1, "continues a header field that does not exist");
+                }
+                continue;
+            }
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                return bad(i + 1, "has no colon");
+            };
+            let name = &line[..colon];
+            // RFC 5322 allows no space before the colon; RFC 822 did, and
+            // old software still writes "Subject :", which parsers accept.
+            let name = name.trim_ascii_end();
+            if name.is_empty() || !name.iter().all(|b| (33..=126).contains(b)) {
+                return bad(i + 1, "has no valid field name before its colon");
+            }
+            fields += 1;
+        }
+        if fields == 0 {
+            return Err(ParseError::NotAMessage("no header section"));
+        }
+        Ok(())
+    }
+
     /// Parses a message read from `reader`, up to [`DEFAULT_READ_LIMIT`]
     /// bytes.
     pub fn from_reader(reader: impl Read) -> Result<Email, ParseError> {
