@@ -24,10 +24,15 @@ pub struct SqliteStore {
 
 /// A claim: the rows `select` picks become `sending` under a new lease for
 /// `?1` until `?2`, and come back with what delivery needs.
+///
+/// `OR FAIL` here and in `record_many`'s statements: on an error the whole
+/// transaction is rolled back anyway, so SQLite need not keep a statement
+/// journal to undo one multi-row statement alone; that journal was 5% of
+/// the dispatcher's CPU.
 macro_rules! sql_claim {
     ($duplicate:literal, $select:literal) => {
         concat!(
-            "UPDATE emails SET state = 'sending', lease_owner = ?1, lease_until = ?2, \
+            "UPDATE OR FAIL emails SET state = 'sending', lease_owner = ?1, lease_until = ?2, \
                     lease_token = lease_token + 1, ",
             $duplicate,
             " WHERE id IN (",
@@ -429,7 +434,7 @@ async fn insert_attempts(
     attempts: &[(&str, &Attempt)],
 ) -> Result<(), StoreError> {
     let sql = format!(
-        "INSERT INTO attempts (email_id, started_at, finished_at, relay, outcome, smtp_code, \
+        "INSERT OR FAIL INTO attempts (email_id, started_at, finished_at, relay, outcome, smtp_code, \
                                enhanced_code, reply, possible_duplicate, recipients) VALUES {}",
         placeholders(attempts.len(), 10)
     );
@@ -461,7 +466,7 @@ async fn update_emails(
     let sql = format!(
         "WITH v (v_id, v_token, v_state, v_next, v_finished, v_pending, v_reason, v_dup, v_tried) \
               AS (VALUES {}) \
-         UPDATE emails SET state = v_state, attempts = attempts + v_tried, \
+         UPDATE OR FAIL emails SET state = v_state, attempts = attempts + v_tried, \
                 next_at = COALESCE(v_next, next_at), finished_at = v_finished, \
                 pending = v_pending, last_reason = v_reason, \
                 possible_duplicate = possible_duplicate | v_dup, \
