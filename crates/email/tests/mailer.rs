@@ -122,6 +122,56 @@ async fn idempotency_key_gives_the_first_id() {
     assert_eq!(row(&mailer, a).await.get::<i64, _>("priority"), 7);
 }
 
+/// Concurrent durable enqueues share group commits; each still gets its
+/// own id, and a key repeated within one group still gives one email.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_enqueues_are_committed_together_and_keep_their_ids() {
+    let mailer = Mailer::embedded(db_path("group")).await.expect("open");
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..16 {
+        let mailer = mailer.clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                // Every task also enqueues the shared keys 0..5, at about
+                // the same time as the others.
+                let opts = if i < 5 {
+                    SendOptions::default().idempotency_key(format!("shared-{i}"))
+                } else {
+                    SendOptions::default().idempotency_key(format!("own-{t}-{i}"))
+                };
+                let id = mailer
+                    .enqueue_with(&email(), None, &opts)
+                    .await
+                    .expect("enqueue");
+                ids.push((i, id));
+            }
+            ids
+        });
+    }
+    let mut shared = std::collections::HashMap::new();
+    let mut own = std::collections::HashSet::new();
+    while let Some(ids) = tasks.join_next().await {
+        for (i, id) in ids.expect("task") {
+            if i < 5 {
+                assert_eq!(*shared.entry(i).or_insert(id), id, "shared key {i}");
+            } else {
+                assert!(own.insert(id), "{id} returned twice");
+            }
+        }
+    }
+    assert_eq!(own.len(), 16 * 20);
+    let db = mailer.queue().as_embedded().expect("embedded");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM emails")
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+    assert_eq!(n, 16 * 20 + 5);
+    for id in own.iter().chain(shared.values()) {
+        row(&mailer, *id).await;
+    }
+}
+
 #[tokio::test]
 async fn buffered_mailer_returns_at_once_and_flush_makes_durable() {
     let path = db_path("buffered");

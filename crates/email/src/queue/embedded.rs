@@ -9,15 +9,21 @@
 //! Durability: WAL journal with `synchronous=FULL`, so `enqueue` returns
 //! only after the row is on disk (one fsync per commit; buffered mode
 //! batches many rows per commit).
+//!
+//! Group commit: single-email inserts that arrive while a commit is under
+//! way (concurrent `enqueue` calls from the app's tasks) wait for it, then
+//! go to disk together in the next transaction. Each call still returns
+//! only once its own email is committed; many calls share one fsync.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use tokio::sync::oneshot;
 
 use super::{EmailId, QueueError, Queued};
 
@@ -34,13 +40,26 @@ const MIGRATIONS: &[&str] = &[
 pub struct Embedded {
     pool: SqlitePool,
     path: PathBuf,
+    group: Arc<Group>,
+}
+
+/// Single-email inserts waiting for the next group commit, each with
+/// where its result goes.
+type Waiting = Vec<(Queued, oneshot::Sender<Result<EmailId, QueueError>>)>;
+
+/// The group commit's state: who is waiting, and whose turn it is to
+/// commit for everyone.
+#[derive(Debug, Default)]
+struct Group {
+    waiting: Mutex<Waiting>,
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl Embedded {
     /// Opens (creating if needed) the database at `path` and brings its
     /// schema up to date.
     pub async fn open(path: impl AsRef<Path>) -> Result<Embedded, QueueError> {
-        Self::open_with(path, 4, false).await
+        Self::open_with(path, 1, false).await
     }
 
     /// Opens the file for `email-server`: one connection, and a large page
@@ -87,7 +106,7 @@ impl Embedded {
                 .pragma("cache_size", "-65536")
                 .pragma("mmap_size", "67108864")
         } else {
-            options
+            options.pragma("cache_size", "-8192")
         };
         let pool = SqlitePoolOptions::new()
             .max_connections(connections.max(1))
@@ -96,7 +115,11 @@ impl Embedded {
             .connect_with(options)
             .await
             .map_err(|e| open_error(&path, e))?;
-        let db = Embedded { pool, path };
+        let db = Embedded {
+            pool,
+            path,
+            group: Arc::default(),
+        };
         db.migrate().await?;
         Ok(db)
     }
@@ -151,23 +174,115 @@ impl Embedded {
     /// Inserts emails in one transaction (one fsync), returning each one's
     /// id: the new id, or the first email's id when its idempotency key was
     /// already used.
+    ///
+    /// A single email joins the group commit: calls made while another
+    /// commit is under way share the next one (see the module docs).
     pub async fn insert(&self, batch: &[Queued]) -> Result<Vec<EmailId>, QueueError> {
-        // One email: one autocommitted statement, saving the round trips of
-        // BEGIN and COMMIT on the hot path of durable enqueue.
-        if let [q] = batch {
-            let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;
-            let id = insert_one(&mut conn, q).await?;
+        let [q] = batch else {
+            let ids = self.insert_batch(batch).await?;
             self.wake();
-            return Ok(vec![id]);
+            return Ok(ids);
+        };
+        let (tx, mut rx) = oneshot::channel();
+        self.waiting().push((q.clone(), tx));
+        let done = tokio::select! {
+            // Committed by whoever had the turn: done, without queueing
+            // for a turn of our own (queued callers would not be making
+            // new emails, and every commit would carry just one).
+            done = &mut rx => done,
+            _turn = self.group.turn.lock() => {
+                // Our turn: commit everything waiting, our email included
+                // unless the previous turn took it.
+                let waiting = std::mem::take(&mut *self.waiting());
+                if !waiting.is_empty() {
+                    // In a task of its own, so that a caller giving up (its
+                    // future dropped) does not abandon the others' emails
+                    // halfway through their commit.
+                    let db = self.clone();
+                    tokio::spawn(async move { db.commit_group(waiting).await })
+                        .await
+                        .ok();
+                }
+                rx.await
+            }
+        };
+        let id = done.unwrap_or_else(|_| {
+            Err(QueueError::Write(
+                "the group commit was interrupted; the email may or may not be stored".into(),
+            ))
+        })?;
+        Ok(vec![id])
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.group
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits the waiting single-email inserts together, and tells each
+    /// caller its result. If the shared transaction fails, each email is
+    /// tried alone, so one bad email cannot fail the others.
+    async fn commit_group(&self, waiting: Waiting) {
+        let emails: Vec<Queued> = waiting.iter().map(|(q, _)| q.clone()).collect();
+        let result = self.insert_batch(&emails).await;
+        match result {
+            Ok(ids) => {
+                self.wake();
+                for ((_, reply), id) in waiting.into_iter().zip(ids) {
+                    reply.send(Ok(id)).ok();
+                }
+            }
+            Err(e) if waiting.len() == 1 => {
+                if let Some((_, reply)) = waiting.into_iter().next() {
+                    reply.send(Err(e)).ok();
+                }
+            }
+            Err(_) => {
+                for (q, reply) in waiting {
+                    let one = self
+                        .insert_batch(std::slice::from_ref(&q))
+                        .await
+                        .map(|ids| ids[0]);
+                    if one.is_ok() {
+                        self.wake();
+                    }
+                    reply.send(one).ok();
+                }
+            }
         }
-        let mut tx = self.pool.begin().await.map_err(QueueError::from_sqlx)?;
-        let mut ids = Vec::with_capacity(batch.len());
-        for q in batch {
-            ids.push(insert_one(&mut tx, q).await?);
+    }
+
+    /// Inserts a batch atomically: one statement (no BEGIN and COMMIT
+    /// round trips) when it fits in one, else a transaction of several.
+    async fn insert_batch(&self, batch: &[Queued]) -> Result<Vec<EmailId>, QueueError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.commit().await.map_err(QueueError::from_sqlx)?;
-        self.wake();
-        Ok(ids)
+        let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;
+        let result = async {
+            if batch.len() <= MAX_ROWS {
+                return insert_rows(&mut conn, batch).await;
+            }
+            let mut tx = sqlx::Connection::begin(&mut *conn)
+                .await
+                .map_err(QueueError::from_sqlx)?;
+            let mut ids = Vec::with_capacity(batch.len());
+            for rows in batch.chunks(MAX_ROWS) {
+                ids.extend(insert_rows(&mut tx, rows).await?);
+            }
+            tx.commit().await.map_err(QueueError::from_sqlx)?;
+            Ok(ids)
+        }
+        .await;
+        if result.is_err() {
+            // A failed write (disk full, an I/O error) can leave SQLite's
+            // transaction open and the file's write lock held; a new
+            // connection starts clean, and the server is not locked out.
+            conn.close_on_drop();
+        }
+        result
     }
 
     /// The path of the wake-up socket a running server listens on.
@@ -188,50 +303,76 @@ impl Embedded {
     }
 }
 
-async fn insert_one(tx: &mut sqlx::SqliteConnection, q: &Queued) -> Result<EmailId, QueueError> {
-    let recipients =
-        serde_json::to_string(&q.rcpt_to).map_err(|e| QueueError::Encode(e.to_string()))?;
-    let state = if q.due_at_ms > q.created_at_ms {
-        "scheduled"
-    } else {
-        "queued"
-    };
-    let done = sqlx::query(
+/// Most emails in one INSERT statement. Each row count up to this is a
+/// statement shape prepared once per connection.
+const MAX_ROWS: usize = 32;
+
+/// Inserts up to [`MAX_ROWS`] emails with one statement (atomic on its
+/// own), returning each one's id.
+async fn insert_rows(
+    conn: &mut sqlx::SqliteConnection,
+    rows: &[Queued],
+) -> Result<Vec<EmailId>, QueueError> {
+    debug_assert!(!rows.is_empty() && rows.len() <= MAX_ROWS);
+    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    let sql = format!(
         "INSERT INTO emails (id, idempotency_key, state, priority, created_at, due_at, next_at, \
          max_fails, max_time_ms, mail_from, recipients, pending, subject, message_id, raw, tags) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(q.id.to_string())
-    .bind(q.idempotency_key.clone())
-    .bind(state)
-    .bind(q.priority)
-    .bind(q.created_at_ms)
-    .bind(q.due_at_ms)
-    .bind(q.max_fails.map(i64::from))
-    .bind(q.max_time_ms)
-    .bind(q.mail_from.clone())
-    .bind(recipients)
-    .bind(q.subject.clone())
-    .bind(q.message_id.clone())
-    .bind(q.raw.clone())
-    .bind(q.tags.clone())
-    .execute(&mut *tx)
-    .await
-    .map_err(QueueError::from_sqlx)?;
-    // Nothing inserted: either this very id is already stored (a queue
-    // redelivered it; intake is idempotent) or its idempotency key is.
-    if done.rows_affected() == 1 || q.idempotency_key.is_none() {
-        return Ok(q.id);
+         VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+        vec![row; rows.len()].join(",")
+    );
+    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+    for q in rows {
+        let recipients =
+            serde_json::to_string(&q.rcpt_to).map_err(|e| QueueError::Encode(e.to_string()))?;
+        let state = if q.due_at_ms > q.created_at_ms {
+            "scheduled"
+        } else {
+            "queued"
+        };
+        query = query
+            .bind(q.id.to_string())
+            .bind(&q.idempotency_key)
+            .bind(state)
+            .bind(q.priority)
+            .bind(q.created_at_ms)
+            .bind(q.due_at_ms)
+            .bind(q.due_at_ms)
+            .bind(q.max_fails.map(i64::from))
+            .bind(q.max_time_ms)
+            .bind(&q.mail_from)
+            .bind(recipients.clone())
+            .bind(recipients)
+            .bind(&q.subject)
+            .bind(&q.message_id)
+            .bind(&q.raw)
+            .bind(&q.tags);
     }
-    let row = sqlx::query("SELECT id FROM emails WHERE idempotency_key = ?1")
-        .bind(q.idempotency_key.clone())
-        .fetch_one(&mut *tx)
+    let inserted: Vec<String> = query
+        .fetch_all(&mut *conn)
         .await
         .map_err(QueueError::from_sqlx)?;
-    let id: String = row.try_get("id").map_err(QueueError::from_sqlx)?;
-    id.parse()
-        .map_err(|_| QueueError::Encode(format!("stored id {id:?} is not a UUID")))
+    let mut ids = Vec::with_capacity(rows.len());
+    for q in rows {
+        // Not inserted: either this very id is already stored (a queue
+        // redelivered it; intake is idempotent) or its idempotency key is
+        // (perhaps by an earlier row of this same statement).
+        let fresh = inserted.len() == rows.len() || inserted.contains(&q.id.to_string());
+        let Some(key) = q.idempotency_key.as_deref().filter(|_| !fresh) else {
+            ids.push(q.id);
+            continue;
+        };
+        let id: String = sqlx::query_scalar("SELECT id FROM emails WHERE idempotency_key = ?1")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(QueueError::from_sqlx)?;
+        ids.push(
+            id.parse()
+                .map_err(|_| QueueError::Encode(format!("stored id {id:?} is not a UUID")))?,
+        );
+    }
+    Ok(ids)
 }
 
 fn open_error(path: &Path, e: impl std::fmt::Display) -> QueueError {
