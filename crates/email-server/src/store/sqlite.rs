@@ -47,7 +47,7 @@ impl SqliteStore {
     /// Opens (creating and migrating if needed) the database file.
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         Ok(SqliteStore {
-            db: Embedded::open_for_server(path).await?,
+            db: Embedded::open(path).await?,
         })
     }
 

@@ -57,33 +57,23 @@ struct Group {
 
 impl Embedded {
     /// Opens (creating if needed) the database at `path` and brings its
-    /// schema up to date.
-    pub async fn open(path: impl AsRef<Path>) -> Result<Embedded, QueueError> {
-        Self::open_with(path, 1, false).await
-    }
-
-    /// Opens the file for `email-server`: one connection, and a large page
-    /// cache and memory map.
+    /// schema up to date. The application's `Mailer` and `email-server`
+    /// open the file the same way: one connection and an 8 MiB page cache
+    /// (the default is 2 MiB).
     ///
     /// One connection, because SQLite has one writer at a time, and
     /// connections of one process contending for it fall back on SQLite's
     /// busy handler, which sleeps for milliseconds; with one, the process
-    /// queues its writes instead. The cache (64 MiB, the default is 2) and
-    /// the memory map (64 MiB) matter because a dispatching server rereads
-    /// recent rows all the time, and each miss without them is a system
-    /// call and a copy: together they took dispatch from about 2,900 to
-    /// 5,300 emails/s in BENCHMARKS.md's setup, and the cache keeps that
-    /// rate with a million scheduled emails in the file (the map covers
-    /// only its first 64 MiB). Pages are allocated as they are used.
-    pub async fn open_for_server(path: impl AsRef<Path>) -> Result<Embedded, QueueError> {
-        Self::open_with(path, 1, true).await
-    }
-
-    async fn open_with(
-        path: impl AsRef<Path>,
-        connections: u32,
-        server: bool,
-    ) -> Result<Embedded, QueueError> {
+    /// queues its writes instead (an application's through the group
+    /// commit), and its page cache is not invalidated by its own other
+    /// connections' writes. No memory map: it once took dispatch from
+    /// about 2,900 to 5,300 emails/s, when every attempt was recorded with
+    /// statements of its own; now that attempts are recorded a batch at a
+    /// time, the cache alone dispatches as fast, from an empty store and
+    /// from one holding a million scheduled emails, while a 64 MiB cache
+    /// and map put 72 MB in the server's RSS against 24 MB
+    /// (BENCHMARKS.md).
+    pub async fn open(path: impl AsRef<Path>) -> Result<Embedded, QueueError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| QueueError::Open {
@@ -100,16 +90,10 @@ impl Embedded {
             .foreign_keys(true)
             // Several processes share the file; wait for the writer lock
             // rather than failing at once.
-            .busy_timeout(Duration::from_secs(10));
-        let options = if server {
-            options
-                .pragma("cache_size", "-65536")
-                .pragma("mmap_size", "67108864")
-        } else {
-            options.pragma("cache_size", "-8192")
-        };
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", "-8192");
         let pool = SqlitePoolOptions::new()
-            .max_connections(connections.max(1))
+            .max_connections(1)
             // A local file does not go stale; skip the ping before each use.
             .test_before_acquire(false)
             .connect_with(options)
