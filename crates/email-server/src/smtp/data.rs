@@ -8,14 +8,49 @@
 //! ends with CRLF, there is no bare CR or LF left, and no line is a lone `.`,
 //! so the only end of data a server can find is the one we send.
 
+use std::borrow::Cow;
+
 /// The end-of-data line, sent after the [`encode`]d content.
 pub(super) const TERMINATOR: &[u8] = b".\r\n";
 
 /// Encodes a message as DATA content: every line ending (CRLF, bare LF,
 /// bare CR) becomes CRLF, a line starting with `.` gets another `.` in
 /// front, and a missing final line ending is added. An empty message stays
-/// empty.
-pub(super) fn encode(message: &[u8]) -> Vec<u8> {
+/// empty. A message that needs none of this (every message `email`
+/// renders) is borrowed as it is, not copied.
+pub(super) fn encode(message: &[u8]) -> Cow<'_, [u8]> {
+    if is_encoded(message) {
+        Cow::Borrowed(message)
+    } else {
+        Cow::Owned(rewrite(message))
+    }
+}
+
+/// Whether `message` is already valid DATA content: it ends with CRLF,
+/// every CR is followed by LF and every LF preceded by CR, and no line
+/// starts with `.`. Jumps from line break to line break (memchr), so a
+/// clean 2 KB message costs a few dozen comparisons.
+fn is_encoded(message: &[u8]) -> bool {
+    if !message.ends_with(b"\r\n") || message.first() == Some(&b'.') {
+        return false;
+    }
+    let mut at = 0;
+    while let Some(found) = memchr::memchr2(b'\r', b'\n', &message[at..]) {
+        let i = at + found;
+        // A CR must start a CRLF that is followed by something other than
+        // a dot (or by nothing: the end of the message).
+        if message[i] != b'\r'
+            || message.get(i + 1) != Some(&b'\n')
+            || message.get(i + 2) == Some(&b'.')
+        {
+            return false;
+        }
+        at = i + 2;
+    }
+    true
+}
+
+fn rewrite(message: &[u8]) -> Vec<u8> {
     // Most messages need no change; the margin covers a few stuffed dots
     // and the final CRLF without reallocating.
     let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 2);
@@ -79,18 +114,18 @@ mod tests {
 
     #[test]
     fn line_endings_become_crlf() {
-        assert_eq!(encode(b"a\nb\rc\r\nd"), b"a\r\nb\r\nc\r\nd\r\n");
-        assert_eq!(encode(b"a\n\n\r\r\n"), b"a\r\n\r\n\r\n\r\n");
-        assert_eq!(encode(b"\r\n"), b"\r\n");
+        assert_eq!(&*encode(b"a\nb\rc\r\nd"), b"a\r\nb\r\nc\r\nd\r\n");
+        assert_eq!(&*encode(b"a\n\n\r\r\n"), b"a\r\n\r\n\r\n\r\n");
+        assert_eq!(&*encode(b"\r\n"), b"\r\n");
     }
 
     #[test]
     fn leading_dots_are_stuffed() {
         assert_eq!(
-            encode(b".\n..x\n.\r\na.b\n"),
+            &*encode(b".\n..x\n.\r\na.b\n"),
             b"..\r\n...x\r\n..\r\na.b\r\n"
         );
-        assert_eq!(encode(b"x\r.\r\n"), b"x\r\n..\r\n");
+        assert_eq!(&*encode(b"x\r.\r\n"), b"x\r\n..\r\n");
     }
 
     #[test]
@@ -99,16 +134,16 @@ mod tests {
         let hostile = b"hi\n.\nMAIL FROM:<evil@example.com>\r\n.\rRCPT TO:<x>\r\n";
         let content = encode(hostile);
         assert_eq!(
-            content,
+            &*content,
             b"hi\r\n..\r\nMAIL FROM:<evil@example.com>\r\n..\r\nRCPT TO:<x>\r\n"
         );
     }
 
     #[test]
     fn empty_and_unterminated() {
-        assert_eq!(encode(b""), b"");
-        assert_eq!(encode(b"."), b"..\r\n");
-        assert_eq!(encode(b"abc"), b"abc\r\n");
+        assert_eq!(&*encode(b""), b"");
+        assert_eq!(&*encode(b"."), b"..\r\n");
+        assert_eq!(&*encode(b"abc"), b"abc\r\n");
     }
 
     proptest! {
@@ -128,6 +163,16 @@ mod tests {
             // The server gets back the normalised message.
             let received = unstuff(&content);
             prop_assert_eq!(String::from_utf8_lossy(&received), normalise(&message));
+            // The borrowed fast path changes nothing the rewrite would.
+            let rewritten = rewrite(&message);
+            prop_assert_eq!(&*content, rewritten.as_slice());
+        }
+
+        #[test]
+        fn clean_messages_are_borrowed(lines in proptest::collection::vec("[a-z. ]{0,20}", 1..20)) {
+            let message: String = lines.iter().map(|l| format!("x{l}\r\n")).collect();
+            let content = encode(message.as_bytes());
+            prop_assert!(matches!(content, Cow::Borrowed(_)));
         }
     }
 }
