@@ -456,3 +456,130 @@ fn record_of(d: &Delivery, started: i64, finished: i64, outcome: &str) -> Attemp
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The retry policy over an email's whole life, on a simulated clock:
+    //! every attempt fails with a 4xx or a network fault, the clock jumps
+    //! to the next attempt time `decide` chose, and the walk ends where
+    //! `max-fails` or `max-time` says. No sleeping: a day of retries runs
+    //! in microseconds. (Tokio's paused time does not fit the dispatcher
+    //! itself: sqlx's SQLite thread and real sockets look idle to the
+    //! runtime, which then jumps its timers forward mid-query.)
+
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn claimed(attempts: u32, due_at: i64) -> Claimed {
+        Claimed {
+            id: "e1".into(),
+            token: 1,
+            mail_from: "a@example.com".into(),
+            pending: vec!["b@example.com".into()],
+            raw: Vec::new(),
+            attempts,
+            due_at,
+            max_fails: None,
+            max_time_ms: None,
+        }
+    }
+
+    fn transient() -> Delivery {
+        Delivery {
+            relay: "relay:25".into(),
+            outcome: Outcome::Transient("451 4.3.0 try later".into()),
+            reply: None,
+            recipients: Vec::new(),
+            possible_duplicate: false,
+        }
+    }
+
+    /// Walks an always-failing email from its due time (0) to its end;
+    /// returns each attempt's time and how it ended.
+    fn walk(s: &Settings) -> (Vec<i64>, Next, String) {
+        let deadline = ms(s.max_time);
+        let (mut now, mut times) = (0, Vec::new());
+        for attempts in 0.. {
+            times.push(now);
+            let (next, _, reason) = decide(&claimed(attempts, 0), &transient(), s, now, deadline);
+            match next {
+                Next::Retry { at } => {
+                    assert!(at > now, "a retry goes forward in time");
+                    now = at;
+                }
+                end => return (times, end, reason),
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn retries_back_off_until_max_fails() {
+        let s = Settings {
+            max_fails: 6,
+            max_time: Duration::from_secs(24 * 3600),
+            ..Settings::default()
+        };
+        let (times, end, reason) = walk(&s);
+        assert_eq!(times.len(), 6, "{times:?}");
+        assert_eq!(end, Next::Failed);
+        assert!(
+            reason.starts_with("max-fails (6) reached: 451 4.3.0 try later"),
+            "{reason}"
+        );
+        // 30 s, 1, 2, 4, 8 min before jitter, each within ±25%.
+        for (i, pair) in times.windows(2).enumerate() {
+            let wait = pair[1] - pair[0];
+            let nominal = 30_000 << i;
+            assert!(
+                wait >= nominal * 3 / 4 && wait < nominal * 5 / 4,
+                "wait {i}: {wait} ms, nominal {nominal}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_time_ends_the_retries_before_max_fails() {
+        let s = Settings {
+            max_fails: 100,
+            max_time: Duration::from_secs(10 * 60),
+            ..Settings::default()
+        };
+        let (times, end, reason) = walk(&s);
+        assert_eq!(end, Next::Expired);
+        assert!(
+            reason.starts_with("max-time would pass before the next attempt: 451"),
+            "{reason}"
+        );
+        // 30 s + 1 + 2 + 4 min (±25%) fit in 10 minutes; the next would not.
+        assert!((4..=5).contains(&times.len()), "{times:?}");
+        assert!(*times.last().unwrap_or(&0) < 10 * MIN);
+    }
+
+    #[test]
+    fn the_wait_is_capped_at_retry_max() {
+        let s = Settings {
+            max_fails: 20,
+            max_time: Duration::from_secs(7 * 24 * 3600),
+            retry_max: Duration::from_secs(3600),
+            ..Settings::default()
+        };
+        let (times, end, _) = walk(&s);
+        assert_eq!((times.len(), end), (20, Next::Failed));
+        let longest = times.windows(2).map(|p| p[1] - p[0]).max().unwrap_or(0);
+        assert!(longest < 75 * MIN, "{longest} ms");
+        assert!(longest >= 45 * MIN, "{longest} ms");
+    }
+
+    #[test]
+    fn a_permanent_reply_is_never_retried() {
+        let d = Delivery {
+            outcome: Outcome::Permanent("550 5.1.1 no such user".into()),
+            ..transient()
+        };
+        let (next, _, reason) = decide(&claimed(0, 0), &d, &Settings::default(), 0, 3_600_000);
+        assert_eq!(next, Next::Failed);
+        assert_eq!(reason, "550 5.1.1 no such user");
+    }
+}
