@@ -150,12 +150,11 @@ fn idempotency_key_with_a_control_character_is_refused() {
     );
 }
 
-/// queue_record: a float in the tags drifts by one ulp through `encode`
+/// queue_record: a float in the tags drifted by one ulp through `encode`
 /// and `decode`: serde_json without its `float_roundtrip` feature parses
-/// floats close to, not exactly at, the nearest double. Not fixed here:
-/// the fix is that feature on the workspace's serde_json dependency.
+/// floats close to, not exactly at, the nearest double. Fixed by that
+/// feature on the workspace's serde_json dependency.
 #[test]
-#[ignore = "needs serde_json's float_roundtrip feature (workspace Cargo.toml)"]
 fn float_in_tags_survives_encode_and_decode() {
     let big = format!("{}2{}1", "4".repeat(98), "4".repeat(12));
     let q = record::decode(&record_json(
