@@ -146,6 +146,8 @@ impl Embedded {
     }
 
     /// The connection pool, for the server's store, which shares the file.
+    /// It holds one connection (see [`Embedded::open`]): a caller that
+    /// keeps it checked out delays this process's own enqueues.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
