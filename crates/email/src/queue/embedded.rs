@@ -211,26 +211,25 @@ impl Embedded {
     /// caller its result. If the shared transaction fails, each email is
     /// tried alone, so one bad email cannot fail the others.
     async fn commit_group(&self, waiting: Waiting) {
-        let emails: Vec<Queued> = waiting.iter().map(|(q, _)| q.clone()).collect();
-        let result = self.insert_batch(&emails).await;
-        match result {
+        let (emails, replies): (Vec<Queued>, Vec<_>) = waiting.into_iter().unzip();
+        match self.insert_batch(&emails).await {
             Ok(ids) => {
                 self.wake();
-                for ((_, reply), id) in waiting.into_iter().zip(ids) {
+                for (reply, id) in replies.into_iter().zip(ids) {
                     reply.send(Ok(id)).ok();
                 }
             }
-            Err(e) if waiting.len() == 1 => {
-                if let Some((_, reply)) = waiting.into_iter().next() {
+            Err(e) if emails.len() == 1 => {
+                if let Some(reply) = replies.into_iter().next() {
                     reply.send(Err(e)).ok();
                 }
             }
             Err(_) => {
-                for (q, reply) in waiting {
+                for (q, reply) in emails.iter().zip(replies) {
                     let one = self
-                        .insert_batch(std::slice::from_ref(&q))
+                        .insert_batch(std::slice::from_ref(q))
                         .await
-                        .map(|ids| ids[0]);
+                        .map(|ids| ids.first().copied().unwrap_or(q.id));
                     if one.is_ok() {
                         self.wake();
                     }
