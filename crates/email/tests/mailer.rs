@@ -228,3 +228,23 @@ async fn parsed_email_without_envelope_is_refused() {
         Err(MailerError::NoEnvelope)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handles_opening_a_new_file_at_once_all_succeed() {
+    // An application and an in-process server (or two processes) often
+    // open a database that does not exist yet at the same moment.
+    for round in 0..40 {
+        let path = db_path(&format!("open-race-{round}"));
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                tokio::spawn(async move { email::queue::Embedded::open(&path).await })
+            })
+            .collect();
+        for open in opens {
+            open.await
+                .expect("join")
+                .expect("open a new file concurrently");
+        }
+    }
+}

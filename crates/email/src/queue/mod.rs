@@ -17,7 +17,7 @@ pub mod embedded;
 pub mod redis;
 
 pub use self::redis::RedisQueue;
-pub use embedded::Embedded;
+pub use embedded::{Checkpointer, Embedded, WriteTurn};
 
 /// An email's id: a UUIDv7, so ids sort by creation time.
 pub type EmailId = uuid::Uuid;
