@@ -36,7 +36,7 @@ WINDOW=${BENCH_WINDOW:-120}
 sink_pid=""
 cleanup() {
     if [ -n "$sink_pid" ]; then kill "$sink_pid" 2>/dev/null || true; fi
-    rm -f "$logs"/*.db "$logs"/*.db-wal "$logs"/*.db-shm "$logs"/*.db.wake
+    rm -f "$logs"/*.db "$logs"/*.db-wal "$logs"/*.db-shm "$logs"/*.db.wake "$logs"/*.db.lock
 }
 trap cleanup EXIT
 

@@ -460,7 +460,7 @@ fn wal_len(db: &Path) -> u64 {
 }
 
 fn remove_db(db: &Path) -> anyhow::Result<()> {
-    for suffix in ["", "-wal", "-shm", ".wake"] {
+    for suffix in ["", "-wal", "-shm", ".wake", ".lock"] {
         let mut p = db.as_os_str().to_owned();
         p.push(suffix);
         match std::fs::remove_file(&p) {

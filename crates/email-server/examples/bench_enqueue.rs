@@ -102,7 +102,7 @@ fn typical_email() -> anyhow::Result<Email> {
 }
 
 fn fresh(db: &Path) -> anyhow::Result<()> {
-    for suffix in ["", "-wal", "-shm", ".wake"] {
+    for suffix in ["", "-wal", "-shm", ".wake", ".lock"] {
         let mut p = db.as_os_str().to_owned();
         p.push(suffix);
         match std::fs::remove_file(&p) {

@@ -183,6 +183,10 @@ pub fn settings(config: &Config) -> Settings {
     }
 }
 
+/// How often the SQLite store's write-ahead log is copied into the
+/// database file (see `Embedded::spawn_checkpointer`).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Runs intake and dispatch until `shutdown` completes, then stops
 /// claiming, finishes or releases what is in flight, and returns.
 pub async fn run(
@@ -202,7 +206,10 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     // Wake-ups: the Mailer's datagrams (SQLite) or NOTIFY (PostgreSQL).
     let _listener: Box<dyn Send> = match &store {
-        Store::Sqlite(s) => Box::new(listen_for_wakeups(s.embedded().path(), wake.clone())),
+        Store::Sqlite(s) => Box::new((
+            listen_for_wakeups(s.embedded().path(), wake.clone()),
+            s.embedded().spawn_checkpointer(CHECKPOINT_EVERY),
+        )),
         Store::Postgres(pg) => Box::new(pg.listen(wake.clone())),
     };
     let (stop_tx, stop_rx) = watch::channel(false);

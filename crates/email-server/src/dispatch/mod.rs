@@ -10,9 +10,10 @@
 //! their lease runs out.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::smtp::{Delivery, Outcome};
@@ -77,6 +78,12 @@ fn ms(d: Duration) -> i64 {
 /// wake-up, not a polling interval.
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
+/// The least time between two claims while the dispatcher is caught up
+/// (its last claim took every due email). Emails enqueued one at a time
+/// then leave in claims of several, not one claim (and one fsync) each;
+/// an email waits at most this much longer.
+const CLAIM_GAP: Duration = Duration::from_millis(5);
+
 /// How long to wait before trying the database again after an error.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -92,11 +99,17 @@ pub async fn run(
     let settings = Arc::new(settings);
     let wire = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let (record_tx, record_rx) = mpsc::channel(RECORD_QUEUE);
-    let recorder = tokio::spawn(recorder(store.clone(), record_rx));
+    // Whether the last claim took every due email: emails then arrive as
+    // they are enqueued, and the recorder leaves the database's write lock
+    // to the applications' enqueues for a few milliseconds at a time.
+    let caught_up = Arc::new(AtomicBool::new(false));
+    let recorder = tokio::spawn(recorder(store.clone(), record_rx, caught_up.clone()));
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut last_sweep = 0;
     let mut last_renewal = now_ms();
     let renew_every = (settings.lease / 3).max(Duration::from_millis(100));
+    let mut last_claim = long_ago(CLAIM_GAP);
+    let mut backlog = false;
     loop {
         while let Some(done) = tasks.try_join_next() {
             log_panic(done);
@@ -135,7 +148,20 @@ pub async fn run(
             free
         };
         let mut got = 0;
+        if free > 0 && !backlog {
+            // Caught up: emails arrive a few at a time, each arrival wakes
+            // us, and each claim is a durable commit that holds the
+            // database's write lock for an fsync. Let a few gather.
+            let since = last_claim.elapsed();
+            if since < CLAIM_GAP {
+                tokio::select! {
+                    () = tokio::time::sleep(CLAIM_GAP - since) => {}
+                    _ = shutdown.changed() => continue,
+                }
+            }
+        }
         if free > 0 {
+            last_claim = tokio::time::Instant::now();
             let claimed = match store
                 .claim(&settings.owner, free, now, ms(settings.lease))
                 .await
@@ -160,18 +186,24 @@ pub async fn run(
                     wire.clone(),
                     record_tx.clone(),
                 );
+                // The task ends once its attempt is handed to the recorder:
+                // `tasks` counts the emails still to deliver, so emails
+                // waiting to be recorded do not hold back the next claim.
                 tasks.spawn(async move {
                     let id = c.id.clone();
                     let done = attempt(&transport, &settings, &wire, c).await;
-                    let (reply, recorded) = oneshot::channel();
-                    if record.send((done, reply)).await.is_err() || recorded.await.is_err() {
+                    if record.send(done).await.is_err() {
                         // The lease runs out and the email is claimed again.
                         tracing::error!(%id, "could not record the attempt");
                     }
                 });
             }
         }
-        if free > 0 && got == free {
+        backlog = free > 0 && got == free;
+        if free > 0 {
+            caught_up.store(!backlog, Ordering::Relaxed);
+        }
+        if backlog {
             continue; // more may be due: claim again as capacity frees up
         }
         if free == 0 {
@@ -217,6 +249,12 @@ pub async fn run(
     Ok(())
 }
 
+/// An instant at least `gap` in the past (or now, just after boot).
+fn long_ago(gap: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_sub(gap).unwrap_or(now)
+}
+
 fn log_panic(done: Result<(), tokio::task::JoinError>) {
     if let Err(e) = done {
         tracing::error!(error = %e, "delivery task failed; its lease will expire and it will be retried");
@@ -259,8 +297,8 @@ async fn drain(
     }
 }
 
-/// A completion on its way to the recorder, and where to say it is done.
-type Recording = (Completion, oneshot::Sender<bool>);
+/// A completion on its way to the recorder.
+type Recording = Completion;
 
 /// How many completions may wait for the recorder.
 const RECORD_QUEUE: usize = 1024;
@@ -268,40 +306,62 @@ const RECORD_QUEUE: usize = 1024;
 /// Most completions written in one transaction.
 const RECORD_BATCH: usize = 256;
 
+/// The least time between two of the recorder's writes: when busy, it
+/// gathers completions until then. Completions to record are written at
+/// once when the recorder has been idle that long; under load, one write
+/// (one turn at the database's write lock) carries a few milliseconds'
+/// worth. The price: a process killed outright loses the results of the
+/// attempts it had not written yet (up to this much more of them); their
+/// emails are sent again when their lease runs out, as possible
+/// duplicates.
+const RECORD_GAP: Duration = Duration::from_millis(5);
+
 /// Group commit: writes the completions that arrived meanwhile in one
 /// transaction, so a busy server pays one disk flush for many attempts.
 /// A failed batch is retried once, then left to the lease: the emails are
 /// claimed again (and marked possible duplicates) when it runs out.
-async fn recorder(store: Store, mut rx: mpsc::Receiver<Recording>) {
+async fn recorder(store: Store, mut rx: mpsc::Receiver<Recording>, caught_up: Arc<AtomicBool>) {
+    let mut last_write = long_ago(RECORD_GAP);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
+        // Caught up and busy (the last write was under RECORD_GAP ago):
+        // gather what finishes until then, so the write lock is taken once
+        // for many. With a backlog, write at once: the dispatcher is the
+        // bottleneck then, not the applications' enqueues.
+        let until = if caught_up.load(Ordering::Relaxed) {
+            last_write + RECORD_GAP
+        } else {
+            last_write
+        };
         while batch.len() < RECORD_BATCH {
             match rx.try_recv() {
                 Ok(next) => batch.push(next),
-                Err(_) => break,
+                Err(_) => match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(next)) => batch.push(next),
+                    _ => break,
+                },
             }
         }
-        let items: Vec<Completion> = batch.iter().map(|(c, _)| c.clone()).collect();
-        let mut result = store.record_many(&items).await;
+        last_write = tokio::time::Instant::now();
+        let mut result = store.record_many(&batch).await;
         if let Err(e) = &result {
-            tracing::warn!(error = %e, emails = items.len(), "recording failed; retrying once");
+            tracing::warn!(error = %e, emails = batch.len(), "recording failed; retrying once");
             tokio::time::sleep(STORE_RETRY).await;
-            result = store.record_many(&items).await;
+            result = store.record_many(&batch).await;
         }
         match result {
             Ok(updated) => {
-                for ((c, reply), updated) in batch.into_iter().zip(updated) {
+                for (c, updated) in batch.iter().zip(updated) {
                     let id = &c.claimed.id;
                     if updated {
                         tracing::info!(%id, state = c.next.state(), reason = %c.reason, "attempt recorded");
                     } else {
                         tracing::warn!(%id, "lease was taken over; attempt kept, state left to the new owner");
                     }
-                    reply.send(updated).ok();
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, emails = items.len(), "could not record attempts")
+                tracing::error!(error = %e, emails = batch.len(), "could not record attempts")
             }
         }
     }

@@ -81,6 +81,7 @@ impl SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let until = now + lease_ms;
         let mut conn = self.pool().acquire().await?;
+        let turn = self.db.write_turn().await;
         let result: Result<Vec<sqlx::sqlite::SqliteRow>, StoreError> = async {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let mut rows = sqlx::query(sql_claim!(
@@ -132,7 +133,7 @@ impl SqliteStore {
         }
         .await;
         forget_if_failed(&mut conn, &result);
-        drop(conn);
+        drop((turn, conn));
         let rows = result?;
         let mut good = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -167,7 +168,11 @@ impl SqliteStore {
             .filter_map(|i| Some((i.claimed.id.as_str(), i.attempt.as_ref()?)))
             .collect();
         let mut conn = self.pool().acquire().await?;
+        let _turn = self.db.write_turn().await;
         let result = async {
+            sqlx::query("PRAGMA synchronous = NORMAL")
+                .execute(&mut *conn)
+                .await?;
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             // Kept even when the lease was taken over: it happened.
             for chunk in chunked(&tried) {
@@ -178,6 +183,9 @@ impl SqliteStore {
                 updated.extend(update_emails(&mut tx, chunk).await?);
             }
             tx.commit().await?;
+            sqlx::query("PRAGMA synchronous = FULL")
+                .execute(&mut *conn)
+                .await?;
             Ok(items
                 .iter()
                 .map(|i| updated.contains(&i.claimed.id))

@@ -29,10 +29,24 @@ async fn held_by(store: &Store, owner: &str) -> usize {
     usize::try_from(row.get::<i64, _>(0)).unwrap_or(0)
 }
 
+/// Emails in `state`.
+async fn count(store: &Store, state: &str) -> u64 {
+    let Store::Sqlite(s) = store else {
+        unreachable!("a SQLite store")
+    };
+    let row = sqlx::query("SELECT count(*) FROM emails WHERE state = ?1")
+        .bind(state)
+        .fetch_one(s.embedded().pool())
+        .await
+        .expect("count emails");
+    u64::try_from(row.get::<i64, _>(0)).unwrap_or(0)
+}
+
 /// N emails in the embedded queue, delivered by `email-server run` to
 /// aiosmtpd; the server is killed with SIGKILL `kills` times, each time
 /// after a random 0.1-1.5 s of life (during start-up, claiming, sending,
-/// recording), and restarted within a random 0-1 s. Then it runs to the
+/// recording; sooner if it has sent a random share of what was left), and
+/// restarted within a random 0-1 s. Then it runs to the
 /// end: every email is `sent`, none is stuck in `sending`, and an email the
 /// sink got twice is one whose attempt was cut off by a kill (its lease
 /// taken over), marked `possible_duplicate`.
@@ -66,7 +80,15 @@ pub(crate) async fn run() {
     let mut hits: Vec<(u64, usize)> = Vec::new();
     for k in 0..kills {
         let mut server = ServerProc::start(&config, log(k));
-        tokio::time::sleep(rng.ms(100, 1_500)).await;
+        // Killed after a random time, or sooner, once it has sent a random
+        // share of what is left: a fast server must be caught mid-delivery
+        // too, not after it has sent everything.
+        let deadline = Instant::now() + rng.ms(100, 1_500);
+        let left = n as u64 - count(&store, "sent").await;
+        let target = count(&store, "sent").await + rng.between(1, (left / 2).max(1));
+        while Instant::now() < deadline && count(&store, "sent").await < target {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert!(
             server.running(),
             "server exited by itself:\n{}",
