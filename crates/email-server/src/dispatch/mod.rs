@@ -79,9 +79,9 @@ fn ms(d: Duration) -> i64 {
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
 /// The least time between two claims while the dispatcher is caught up
-/// (its last claim took every due email). Emails enqueued one at a time
-/// then leave in claims of several, not one claim (and one fsync) each;
-/// an email waits at most this much longer.
+/// (its last claim took every due email) and still delivering. Emails
+/// enqueued one at a time then leave in claims of several, not one claim
+/// (and one fsync) each; an email waits at most this much longer.
 const CLAIM_GAP: Duration = Duration::from_millis(5);
 
 /// How long to wait before trying the database again after an error.
@@ -148,10 +148,12 @@ pub async fn run(
             free
         };
         let mut got = 0;
-        if free > 0 && !backlog {
-            // Caught up: emails arrive a few at a time, each arrival wakes
-            // us, and each claim is a durable commit that holds the
-            // database's write lock for an fsync. Let a few gather.
+        if free > 0 && !backlog && !tasks.is_empty() {
+            // Caught up while still delivering: emails arrive a few at a
+            // time, each arrival wakes us, and each claim is a durable
+            // commit that holds the database's write lock for an fsync.
+            // Let a few gather. (With nothing in flight, claim at once:
+            // the relay is idle and the email would only wait.)
             let since = last_claim.elapsed();
             if since < CLAIM_GAP {
                 tokio::select! {
@@ -162,8 +164,10 @@ pub async fn run(
         }
         if free > 0 {
             last_claim = tokio::time::Instant::now();
+            // Now, not the loop's `now`: emails enqueued during the gap
+            // are due too.
             let claimed = match store
-                .claim(&settings.owner, free, now, ms(settings.lease))
+                .claim(&settings.owner, free, now_ms(), ms(settings.lease))
                 .await
             {
                 Ok(c) => c,
