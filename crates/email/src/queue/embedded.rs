@@ -137,7 +137,7 @@ impl Embedded {
             // rather than failing at once.
             .busy_timeout(Duration::from_secs(10))
             .pragma("cache_size", "-8192")
-            .pragma("wal_autocheckpoint", "10000");
+            .pragma("wal_autocheckpoint", "4000");
         let turns = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -372,12 +372,12 @@ impl Embedded {
     /// returned handle is dropped. `email-server` runs one.
     ///
     /// Without it, SQLite checkpoints inside the commit that takes the log
-    /// past 10,000 pages: that writer (an application's `enqueue`, or the
+    /// past 4,000 pages: that writer (an application's `enqueue`, or the
     /// dispatcher) then spends tens of milliseconds copying pages while
     /// holding its write turn, and every other writer waits. A background
     /// checkpoint needs no write lock, so writers go on meanwhile; run
     /// often, each copies little, and the log stays short and is reused
-    /// from its start. The 10,000-page automatic checkpoint remains, for
+    /// from its start. The 4,000-page automatic checkpoint remains, for
     /// when no server runs.
     pub fn spawn_checkpointer(&self, every: Duration) -> Checkpointer {
         let options = self.options.clone();
