@@ -241,14 +241,37 @@ impl SqliteStore {
     }
 
     pub(crate) async fn next_wake(&self) -> Result<Option<i64>, StoreError> {
-        let t: Option<i64> = sqlx::query_scalar(
-            "SELECT min(t) FROM ( \
-                 SELECT min(next_at) AS t FROM emails WHERE state IN ('scheduled', 'queued', 'deferred') \
-                 UNION ALL \
-                 SELECT min(lease_until) FROM emails WHERE state = 'sending')",
-        )
-        .fetch_one(self.pool())
-        .await?;
+        // The earliest lease end, and the earliest `next_at` of each
+        // priority, found by index seeks as in `claim` (`emails_claim`
+        // is on (priority, next_at); there is no index on `next_at` alone).
+        let mut conn = self.pool().acquire().await?;
+        let mut t: Option<i64> =
+            sqlx::query_scalar("SELECT min(lease_until) FROM emails WHERE state = 'sending'")
+                .fetch_one(&mut *conn)
+                .await?;
+        let mut below = i64::MAX;
+        loop {
+            let priority: Option<i64> = sqlx::query_scalar(
+                "SELECT max(priority) FROM emails \
+                  WHERE state IN ('scheduled', 'queued', 'deferred') AND priority < ?1",
+            )
+            .bind(below)
+            .fetch_one(&mut *conn)
+            .await?;
+            let Some(priority) = priority else { break };
+            below = priority;
+            let next: Option<i64> = sqlx::query_scalar(
+                "SELECT min(next_at) FROM emails \
+                  WHERE state IN ('scheduled', 'queued', 'deferred') AND priority = ?1",
+            )
+            .bind(priority)
+            .fetch_one(&mut *conn)
+            .await?;
+            t = match (t, next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
         Ok(t)
     }
 

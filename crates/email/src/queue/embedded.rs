@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_indexes.sql"),
     include_str!("../../migrations/sqlite/0003_claim_index.sql"),
+    include_str!("../../migrations/sqlite/0004_drop_next_index.sql"),
 ];
 
 /// A handle on the embedded database. Cheap to clone.
@@ -51,6 +52,29 @@ pub struct Embedded {
     /// The `<file>.lock` this handle takes its write turns on (see
     /// [`Embedded::write_turn`]); `None` if it could not be opened.
     turns: Option<Arc<std::fs::File>>,
+    waker: Arc<Waker>,
+}
+
+/// The socket wake-ups are sent from (opened once, not per commit) and
+/// where they go.
+#[derive(Debug)]
+struct Waker {
+    #[cfg(unix)]
+    sock: Option<std::os::unix::net::UnixDatagram>,
+    #[cfg_attr(not(unix), allow(dead_code))]
+    to: PathBuf,
+}
+
+impl Waker {
+    fn new(path: &Path) -> Waker {
+        Waker {
+            #[cfg(unix)]
+            sock: std::os::unix::net::UnixDatagram::unbound()
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .ok(),
+            to: Embedded::wake_socket(path),
+        }
+    }
 }
 
 /// A turn at writing the database, between this crate's handles in every
@@ -159,6 +183,7 @@ impl Embedded {
         let db = Embedded {
             pool,
             options: Arc::new(options),
+            waker: Arc::new(Waker::new(&path)),
             path,
             group: Arc::default(),
             turns,
@@ -425,9 +450,8 @@ impl Embedded {
     /// effort: if no server listens, the email waits in the file.
     pub fn wake(&self) {
         #[cfg(unix)]
-        if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
-            sock.set_nonblocking(true).ok();
-            sock.send_to(b"!", Self::wake_socket(&self.path)).ok();
+        if let Some(sock) = &self.waker.sock {
+            sock.send_to(b"!", &self.waker.to).ok();
         }
     }
 }
