@@ -169,6 +169,11 @@ impl SqliteStore {
             .collect();
         let mut conn = self.pool().acquire().await?;
         let _turn = self.db.write_turn().await;
+        // Results are written without an fsync of their own: a process
+        // crash loses nothing (the WAL is in the page cache), and after a
+        // power loss the durable claim before them is still there, so the
+        // email is sent again marked as a possible duplicate. Claims and
+        // enqueues stay `FULL` (ARCHITECTURE.md).
         let result = async {
             sqlx::query("PRAGMA synchronous = NORMAL")
                 .execute(&mut *conn)
@@ -183,9 +188,6 @@ impl SqliteStore {
                 updated.extend(update_emails(&mut tx, chunk).await?);
             }
             tx.commit().await?;
-            sqlx::query("PRAGMA synchronous = FULL")
-                .execute(&mut *conn)
-                .await?;
             Ok(items
                 .iter()
                 .map(|i| updated.contains(&i.claimed.id))
@@ -193,6 +195,17 @@ impl SqliteStore {
         }
         .await;
         forget_if_failed(&mut conn, &result);
+        // Committed: a connection that cannot be put back to `FULL` is
+        // closed, and a new one starts so. (After a failure it is closed
+        // anyway.)
+        if result.is_ok()
+            && let Err(e) = sqlx::query("PRAGMA synchronous = FULL")
+                .execute(&mut *conn)
+                .await
+        {
+            tracing::warn!(error = %e, "could not restore synchronous=FULL; reopening the database connection");
+            conn.close_on_drop();
+        }
         result
     }
 
