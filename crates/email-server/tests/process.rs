@@ -219,6 +219,10 @@ async fn secrets_never_reach_the_logs() {
     let out = child.wait_with_output().expect("wait");
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(logs.contains("AUTH"), "trace logs show the session: {logs}");
+    assert!(
+        !logs.contains('\x1b'),
+        "no colour codes in logs that do not go to a terminal"
+    );
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     for secret in [
