@@ -270,7 +270,7 @@ async fn drain(
     store: &Store,
     mut tasks: JoinSet<()>,
     s: &Settings,
-    record_tx: mpsc::Sender<Recording>,
+    record_tx: mpsc::Sender<Completion>,
     recorder: tokio::task::JoinHandle<()>,
 ) {
     let deadline = tokio::time::Instant::now() + s.shutdown_grace;
@@ -301,9 +301,6 @@ async fn drain(
     }
 }
 
-/// A completion on its way to the recorder.
-type Recording = Completion;
-
 /// How many completions may wait for the recorder.
 const RECORD_QUEUE: usize = 1024;
 
@@ -321,10 +318,11 @@ const RECORD_BATCH: usize = 256;
 const RECORD_GAP: Duration = Duration::from_millis(5);
 
 /// Group commit: writes the completions that arrived meanwhile in one
-/// transaction, so a busy server pays one disk flush for many attempts.
+/// transaction, so a busy server takes the database's write lock once for
+/// many attempts (see `RECORD_GAP`).
 /// A failed batch is retried once, then left to the lease: the emails are
 /// claimed again (and marked possible duplicates) when it runs out.
-async fn recorder(store: Store, mut rx: mpsc::Receiver<Recording>, caught_up: Arc<AtomicBool>) {
+async fn recorder(store: Store, mut rx: mpsc::Receiver<Completion>, caught_up: Arc<AtomicBool>) {
     let mut last_write = long_ago(RECORD_GAP);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];

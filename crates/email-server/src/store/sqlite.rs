@@ -280,10 +280,7 @@ impl SqliteStore {
             .bind(priority)
             .fetch_one(&mut *conn)
             .await?;
-            t = match (t, next) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            t = t.into_iter().chain(next).min();
         }
         Ok(t)
     }

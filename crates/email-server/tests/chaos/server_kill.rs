@@ -84,8 +84,8 @@ pub(crate) async fn run() {
         // share of what is left: a fast server must be caught mid-delivery
         // too, not after it has sent everything.
         let deadline = Instant::now() + rng.ms(100, 1_500);
-        let left = n as u64 - count(&store, "sent").await;
-        let target = count(&store, "sent").await + rng.between(1, (left / 2).max(1));
+        let sent = count(&store, "sent").await;
+        let target = sent + rng.between(1, ((n as u64 - sent) / 2).max(1));
         while Instant::now() < deadline && count(&store, "sent").await < target {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

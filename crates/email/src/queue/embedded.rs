@@ -366,9 +366,7 @@ impl Embedded {
 
     /// The path of the file that write turns are taken on.
     pub fn lock_file(path: &Path) -> PathBuf {
-        let mut p = path.as_os_str().to_owned();
-        p.push(".lock");
-        PathBuf::from(p)
+        beside(path, ".lock")
     }
 
     /// Waits for this process's turn to write, among every handle on the
@@ -441,9 +439,7 @@ impl Embedded {
 
     /// The path of the wake-up socket a running server listens on.
     pub fn wake_socket(path: &Path) -> PathBuf {
-        let mut p = path.as_os_str().to_owned();
-        p.push(".wake");
-        PathBuf::from(p)
+        beside(path, ".wake")
     }
 
     /// Tells a server sleeping on this file that there is new work. Best
@@ -549,6 +545,13 @@ async fn take_turn(file: Option<Arc<std::fs::File>>) -> WriteTurn {
         Ok(Ok(turn)) => turn,
         _ => WriteTurn(None),
     }
+}
+
+/// `path` with `suffix` appended: a file kept beside the database.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
 }
 
 fn open_error(path: &Path, e: impl std::fmt::Display) -> QueueError {
