@@ -616,7 +616,7 @@ async fn corrupt_stored_emails_fail_without_stopping_the_rest() {
         unreachable!("these tests open SQLite stores")
     };
     let pool = s.embedded().pool();
-    sqlx::query("UPDATE emails SET raw = x'' WHERE id = ?1")
+    sqlx::query("UPDATE email_raw SET raw = x'' WHERE id = ?1")
         .bind(bad_raw.to_string())
         .execute(pool)
         .await

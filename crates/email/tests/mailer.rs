@@ -25,11 +25,14 @@ fn email() -> Email {
 
 async fn row(mailer: &Mailer, id: email::EmailId) -> sqlx::sqlite::SqliteRow {
     let db = mailer.queue().as_embedded().expect("embedded");
-    sqlx::query("SELECT * FROM emails WHERE id = ?1")
-        .bind(id.to_string())
-        .fetch_one(db.pool())
-        .await
-        .expect("row")
+    sqlx::query(
+        "SELECT emails.*, email_raw.raw FROM emails \
+           LEFT JOIN email_raw ON email_raw.id = emails.id WHERE emails.id = ?1",
+    )
+    .bind(id.to_string())
+    .fetch_one(db.pool())
+    .await
+    .expect("row")
 }
 
 fn now_ms() -> i64 {
@@ -247,4 +250,66 @@ async fn handles_opening_a_new_file_at_once_all_succeed() {
                 .expect("open a new file concurrently");
         }
     }
+}
+
+/// A file written before SQLite migration 0005 (the message bytes in the
+/// `emails` row) opens with nothing lost: the bytes move to `email_raw`,
+/// the column goes, and new emails go in beside the old ones.
+#[tokio::test]
+async fn a_file_from_before_the_raw_table_keeps_its_messages() {
+    let path = db_path("schema-v4");
+    let old: email::EmailId = "0190a1b2-c3d4-7e5f-8a9b-0123456789ab"
+        .parse()
+        .expect("uuid");
+    let bytes = email().to_bytes();
+    {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("connect");
+        for sql in [
+            include_str!("../migrations/sqlite/0001_init.sql"),
+            include_str!("../migrations/sqlite/0002_indexes.sql"),
+            include_str!("../migrations/sqlite/0003_claim_index.sql"),
+            include_str!("../migrations/sqlite/0004_drop_next_index.sql"),
+            "PRAGMA user_version = 4",
+        ] {
+            sqlx::raw_sql(sql)
+                .execute(&mut conn)
+                .await
+                .expect("old schema");
+        }
+        sqlx::query(
+            "INSERT INTO emails (id, state, created_at, due_at, next_at, mail_from, \
+                                 recipients, pending, raw) \
+             VALUES (?1, 'queued', 1, 1, 1, 'shop@example.com', '[\"ann@example.com\"]', \
+                     '[\"ann@example.com\"]', ?2)",
+        )
+        .bind(old.to_string())
+        .bind(&bytes)
+        .execute(&mut conn)
+        .await
+        .expect("old row");
+    }
+    let mailer = Mailer::embedded(&path).await.expect("open migrates");
+    let r = row(&mailer, old).await;
+    assert_eq!(r.get::<Vec<u8>, _>("raw"), bytes);
+    assert_eq!(r.get::<String, _>("state"), "queued");
+    let db = mailer.queue().as_embedded().expect("embedded");
+    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('emails')")
+        .fetch_all(db.pool())
+        .await
+        .expect("columns");
+    assert!(!columns.iter().any(|c| c == "raw"), "{columns:?}");
+    let e = email();
+    let new = mailer.enqueue(&e).await.expect("enqueue after migration");
+    assert_eq!(
+        row(&mailer, new).await.get::<Vec<u8>, _>("raw"),
+        e.to_bytes()
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM email_raw")
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+    assert_eq!(n, 2);
 }

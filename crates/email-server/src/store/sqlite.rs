@@ -37,7 +37,7 @@ macro_rules! sql_claim {
             $duplicate,
             " WHERE id IN (",
             $select,
-            ") RETURNING id, lease_token, mail_from, pending, raw, attempts, due_at, max_fails, \
+            ") RETURNING id, lease_token, mail_from, pending, attempts, due_at, max_fails, \
              max_time_ms"
         )
     };
@@ -133,11 +133,37 @@ impl SqliteStore {
         }
         .await;
         forget_if_failed(&mut conn, &result);
-        drop((turn, conn));
+        drop(turn);
         let rows = result?;
+        // The message bytes, read after the commit and outside the write
+        // turn: they never change once stored, and this process's lease
+        // keeps the emails its own.
+        let mut raw = std::collections::HashMap::with_capacity(rows.len());
+        if !rows.is_empty() {
+            let ids = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>("id"))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+            let bodies: Vec<(String, Vec<u8>)> = sqlx::query_as(
+                "SELECT id, raw FROM email_raw WHERE id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
+            raw.extend(bodies);
+        }
+        drop(conn);
         let mut good = Vec::with_capacity(rows.len());
         for row in &rows {
-            match claimed(row) {
+            // No bytes at all: delivery finds an empty message corrupt and
+            // fails the email with that reason.
+            let bytes = row
+                .try_get::<String, _>("id")
+                .ok()
+                .and_then(|id| raw.remove(&id))
+                .unwrap_or_default();
+            match claimed(row, bytes) {
                 Ok(c) => good.push(c),
                 // One corrupt row must not stop delivery of the others: it
                 // ends in `failed` with the reason, for an operator to see.
@@ -361,11 +387,14 @@ impl SqliteStore {
         id: &str,
         now: i64,
     ) -> Result<(EmailRow, Vec<Attempt>, Vec<u8>), StoreError> {
-        let row = sqlx::query("SELECT * FROM emails WHERE id = ?1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let row = sqlx::query(
+            "SELECT emails.*, email_raw.raw FROM emails \
+               LEFT JOIN email_raw ON email_raw.id = emails.id WHERE emails.id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         let attempts = sqlx::query("SELECT * FROM attempts WHERE email_id = ?1 ORDER BY id")
             .bind(id)
             .fetch_all(self.pool())
@@ -373,7 +402,8 @@ impl SqliteStore {
             .iter()
             .map(attempt)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((email_row(&row, now)?, attempts, row.try_get("raw")?))
+        let raw: Option<Vec<u8>> = row.try_get("raw")?;
+        Ok((email_row(&row, now)?, attempts, raw.unwrap_or_default()))
     }
 
     pub(crate) async fn retry(&self, id: &str, now: i64) -> Result<(), StoreError> {
@@ -539,13 +569,13 @@ async fn update_emails(
     Ok(q.fetch_all(&mut *tx).await?)
 }
 
-fn claimed(r: &SqliteRow) -> Result<Claimed, StoreError> {
+fn claimed(r: &SqliteRow, raw: Vec<u8>) -> Result<Claimed, StoreError> {
     let id: String = r.try_get("id")?;
     Ok(Claimed {
         pending: json_list(&id, "pending", &r.try_get::<String, _>("pending")?)?,
         token: r.try_get("lease_token")?,
         mail_from: r.try_get("mail_from")?,
-        raw: r.try_get("raw")?,
+        raw,
         attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
         due_at: r.try_get("due_at")?,
         max_fails: r

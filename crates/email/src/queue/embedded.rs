@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_indexes.sql"),
     include_str!("../../migrations/sqlite/0003_claim_index.sql"),
     include_str!("../../migrations/sqlite/0004_drop_next_index.sql"),
+    include_str!("../../migrations/sqlite/0005_raw_apart.sql"),
 ];
 
 /// A handle on the embedded database. Cheap to clone.
@@ -332,8 +333,9 @@ impl Embedded {
         }
     }
 
-    /// Inserts a batch atomically: one statement (no BEGIN and COMMIT
-    /// round trips) when it fits in one, else a transaction of several.
+    /// Inserts a batch atomically: one query (one round trip to sqlx's
+    /// connection thread) holding BEGIN, the two INSERTs and COMMIT when it
+    /// fits in one, else a transaction of several.
     async fn insert_batch(&self, batch: &[Queued]) -> Result<Vec<EmailId>, QueueError> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -342,14 +344,14 @@ impl Embedded {
         let _turn = self.write_turn().await;
         let result = async {
             if batch.len() <= MAX_ROWS {
-                return insert_rows(&mut conn, batch).await;
+                return insert_rows(&mut conn, batch, true).await;
             }
             let mut tx = sqlx::Connection::begin(&mut *conn)
                 .await
                 .map_err(QueueError::from_sqlx)?;
             let mut ids = Vec::with_capacity(batch.len());
             for rows in batch.chunks(MAX_ROWS) {
-                ids.extend(insert_rows(&mut tx, rows).await?);
+                ids.extend(insert_rows(&mut tx, rows, false).await?);
             }
             tx.commit().await.map_err(QueueError::from_sqlx)?;
             Ok(ids)
@@ -357,8 +359,10 @@ impl Embedded {
         .await;
         if result.is_err() {
             // A failed write (disk full, an I/O error) can leave SQLite's
-            // transaction open and the file's write lock held; a new
-            // connection starts clean, and the server is not locked out.
+            // transaction open (for certain when a statement of the
+            // one-query form failed between its BEGIN and COMMIT) and the
+            // file's write lock held; a new connection starts clean, and
+            // the server is not locked out.
             conn.close_on_drop();
         }
         result
@@ -456,19 +460,36 @@ impl Embedded {
 /// statement shape prepared once per connection.
 const MAX_ROWS: usize = 32;
 
-/// Inserts up to [`MAX_ROWS`] emails with one statement (atomic on its
-/// own), returning each one's id.
+/// Inserts up to [`MAX_ROWS`] emails, returning each one's id: their rows
+/// in `emails` and their bytes in `email_raw`, with two statements sent as
+/// one query; `transaction` wraps them in BEGIN and COMMIT in that same
+/// query (else the caller holds a transaction open).
+///
+/// An email whose id is already stored (a queue redelivered it) or whose
+/// idempotency key is taken is not inserted, and neither are its bytes:
+/// the second statement stores bytes only for ids that are in `emails`
+/// and have none yet.
 async fn insert_rows(
     conn: &mut sqlx::SqliteConnection,
     rows: &[Queued],
+    transaction: bool,
 ) -> Result<Vec<EmailId>, QueueError> {
     debug_assert!(!rows.is_empty() && rows.len() <= MAX_ROWS);
-    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    let (begin, commit) = if transaction {
+        ("BEGIN; ", "; COMMIT")
+    } else {
+        ("", "")
+    };
+    // sqlx numbers anonymous parameters on across the statements of one
+    // query: the first statement takes 15 per row, the second 2 per row.
     let sql = format!(
-        "INSERT INTO emails (id, idempotency_key, state, priority, created_at, due_at, next_at, \
-         max_fails, max_time_ms, mail_from, recipients, pending, subject, message_id, raw, tags) \
-         VALUES {} ON CONFLICT DO NOTHING RETURNING id",
-        vec![row; rows.len()].join(",")
+        "{begin}INSERT INTO emails (id, idempotency_key, state, priority, created_at, due_at, \
+         next_at, max_fails, max_time_ms, mail_from, recipients, pending, subject, message_id, \
+         tags) VALUES {} ON CONFLICT DO NOTHING RETURNING id; \
+         INSERT INTO email_raw (id, raw) SELECT v.column1, v.column2 FROM (VALUES {}) AS v \
+          WHERE v.column1 IN (SELECT id FROM emails) ON CONFLICT DO NOTHING{commit}",
+        vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; rows.len()].join(","),
+        vec!["(?,?)"; rows.len()].join(","),
     );
     let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
     for q in rows {
@@ -494,8 +515,10 @@ async fn insert_rows(
             .bind(recipients)
             .bind(&q.subject)
             .bind(&q.message_id)
-            .bind(&q.raw)
             .bind(&q.tags);
+    }
+    for q in rows {
+        query = query.bind(q.id.to_string()).bind(&q.raw);
     }
     let inserted: Vec<String> = query
         .fetch_all(&mut *conn)
