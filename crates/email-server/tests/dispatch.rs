@@ -616,11 +616,14 @@ async fn corrupt_stored_emails_fail_without_stopping_the_rest() {
         unreachable!("these tests open SQLite stores")
     };
     let pool = s.embedded().pool();
-    sqlx::query("UPDATE email_raw SET raw = x'' WHERE id = ?1")
-        .bind(bad_raw.to_string())
-        .execute(pool)
-        .await
-        .expect("corrupt raw");
+    sqlx::query(
+        "UPDATE email_raw SET raw = x'' \
+         WHERE seq = (SELECT seq FROM emails WHERE id = ?1)",
+    )
+    .bind(bad_raw.to_string())
+    .execute(pool)
+    .await
+    .expect("corrupt raw");
     sqlx::query("UPDATE emails SET pending = '{not json' WHERE id = ?1")
         .bind(bad_json.to_string())
         .execute(pool)

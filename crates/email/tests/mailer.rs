@@ -27,7 +27,7 @@ async fn row(mailer: &Mailer, id: email::EmailId) -> sqlx::sqlite::SqliteRow {
     let db = mailer.queue().as_embedded().expect("embedded");
     sqlx::query(
         "SELECT emails.*, email_raw.raw FROM emails \
-           LEFT JOIN email_raw ON email_raw.id = emails.id WHERE emails.id = ?1",
+           LEFT JOIN email_raw ON email_raw.seq = emails.seq WHERE emails.id = ?1",
     )
     .bind(id.to_string())
     .fetch_one(db.pool())
@@ -280,22 +280,52 @@ async fn a_file_from_before_the_raw_table_keeps_its_messages() {
                 .expect("old schema");
         }
         sqlx::query(
-            "INSERT INTO emails (id, state, created_at, due_at, next_at, mail_from, \
-                                 recipients, pending, raw) \
-             VALUES (?1, 'queued', 1, 1, 1, 'shop@example.com', '[\"ann@example.com\"]', \
-                     '[\"ann@example.com\"]', ?2)",
+            "INSERT INTO emails (id, idempotency_key, state, created_at, due_at, next_at, \
+                                 attempts, mail_from, recipients, pending, raw) \
+             VALUES (?1, 'order-7', 'deferred', 1, 1, 1, 1, 'shop@example.com', \
+                     '[\"ann@example.com\"]', '[\"ann@example.com\"]', ?2)",
         )
         .bind(old.to_string())
         .bind(&bytes)
         .execute(&mut conn)
         .await
         .expect("old row");
+        sqlx::query(
+            "INSERT INTO attempts (email_id, started_at, finished_at, outcome, smtp_code) \
+             VALUES (?1, 1, 2, 'deferred', 451)",
+        )
+        .bind(old.to_string())
+        .execute(&mut conn)
+        .await
+        .expect("old attempt");
     }
     let mailer = Mailer::embedded(&path).await.expect("open migrates");
     let r = row(&mailer, old).await;
     assert_eq!(r.get::<Vec<u8>, _>("raw"), bytes);
-    assert_eq!(r.get::<String, _>("state"), "queued");
+    assert_eq!(r.get::<String, _>("state"), "deferred");
     let db = mailer.queue().as_embedded().expect("embedded");
+    let code: i64 = sqlx::query_scalar("SELECT smtp_code FROM attempts WHERE email_id = ?1")
+        .bind(old.to_string())
+        .fetch_one(db.pool())
+        .await
+        .expect("the attempt is kept");
+    assert_eq!(code, 451);
+    // The idempotency key still finds the old email.
+    let again = mailer
+        .enqueue_with(
+            &email(),
+            None,
+            &SendOptions::default().idempotency_key("order-7"),
+        )
+        .await
+        .expect("enqueue with the old key");
+    assert_eq!(again, old);
+    // Foreign keys are back on after migrating.
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(db.pool())
+        .await
+        .expect("pragma");
+    assert_eq!(fk, 1);
     let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('emails')")
         .fetch_all(db.pool())
         .await

@@ -37,7 +37,7 @@ macro_rules! sql_claim {
             $duplicate,
             " WHERE id IN (",
             $select,
-            ") RETURNING id, lease_token, mail_from, pending, attempts, due_at, max_fails, \
+            ") RETURNING seq, id, lease_token, mail_from, pending, attempts, due_at, max_fails, \
              max_time_ms"
         )
     };
@@ -140,15 +140,15 @@ impl SqliteStore {
         // keeps the emails its own.
         let mut raw = std::collections::HashMap::with_capacity(rows.len());
         if !rows.is_empty() {
-            let ids = rows
+            let seqs = rows
                 .iter()
-                .map(|r| r.try_get::<String, _>("id"))
+                .map(|r| r.try_get::<i64, _>("seq"))
                 .collect::<Result<Vec<_>, _>>()?;
-            let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
-            let bodies: Vec<(String, Vec<u8>)> = sqlx::query_as(
-                "SELECT id, raw FROM email_raw WHERE id IN (SELECT value FROM json_each(?1))",
+            let seqs = serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into());
+            let bodies: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+                "SELECT seq, raw FROM email_raw WHERE seq IN (SELECT value FROM json_each(?1))",
             )
-            .bind(ids)
+            .bind(seqs)
             .fetch_all(&mut *conn)
             .await?;
             raw.extend(bodies);
@@ -159,9 +159,9 @@ impl SqliteStore {
             // No bytes at all: delivery finds an empty message corrupt and
             // fails the email with that reason.
             let bytes = row
-                .try_get::<String, _>("id")
+                .try_get::<i64, _>("seq")
                 .ok()
-                .and_then(|id| raw.remove(&id))
+                .and_then(|seq| raw.remove(&seq))
                 .unwrap_or_default();
             match claimed(row, bytes) {
                 Ok(c) => good.push(c),
@@ -389,7 +389,7 @@ impl SqliteStore {
     ) -> Result<(EmailRow, Vec<Attempt>, Vec<u8>), StoreError> {
         let row = sqlx::query(
             "SELECT emails.*, email_raw.raw FROM emails \
-               LEFT JOIN email_raw ON email_raw.id = emails.id WHERE emails.id = ?1",
+               LEFT JOIN email_raw ON email_raw.seq = emails.seq WHERE emails.id = ?1",
         )
         .bind(id)
         .fetch_optional(self.pool())

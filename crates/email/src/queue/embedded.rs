@@ -195,17 +195,39 @@ impl Embedded {
     }
 
     async fn migrate(&self) -> Result<(), QueueError> {
+        let err = |e| open_error(&self.path, e);
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        // Foreign keys off while migrating, as SQLite's procedure for
+        // rebuilding a table asks (0005 drops and renames `emails`, which
+        // `attempts` refers to); checked before the commit instead. The
+        // pragma is a no-op inside a transaction, so it comes first.
+        sqlx::query("PRAGMA foreign_keys = OFF")
+            .execute(&mut *conn)
+            .await
+            .map_err(err)?;
+        let result = self.migrate_on(&mut conn).await;
+        let on = sqlx::query("PRAGMA foreign_keys = ON")
+            .execute(&mut *conn)
+            .await;
+        if result.is_err() || on.is_err() {
+            conn.close_on_drop();
+        }
+        result?;
+        on.map_err(err)?;
+        Ok(())
+    }
+
+    async fn migrate_on(&self, conn: &mut sqlx::SqliteConnection) -> Result<(), QueueError> {
+        let err = |e| open_error(&self.path, e);
         // BEGIN IMMEDIATE takes the write lock first, so two processes
         // opening a new file at once do not both run the same migration.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE")
             .await
-            .map_err(|e| open_error(&self.path, e))?;
+            .map_err(err)?;
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
             .fetch_one(&mut *tx)
             .await
-            .map_err(|e| open_error(&self.path, e))?;
+            .map_err(err)?;
         let version = usize::try_from(version).unwrap_or(0);
         if version > MIGRATIONS.len() {
             return Err(QueueError::Open {
@@ -216,18 +238,34 @@ impl Embedded {
                 ),
             });
         }
+        if version == MIGRATIONS.len() {
+            return Ok(());
+        }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            sqlx::raw_sql(*sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| open_error(&self.path, e))?;
+            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(err)?;
             let set = format!("PRAGMA user_version = {}", i + 1);
             sqlx::raw_sql(sqlx::AssertSqlSafe(set))
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| open_error(&self.path, e))?;
+                .map_err(err)?;
         }
-        tx.commit().await.map_err(|e| open_error(&self.path, e))?;
+        let broken: Vec<(String, Option<i64>, String, i64)> =
+            sqlx::query_as("PRAGMA foreign_key_check")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+        if let Some((table, rowid, parent, _)) = broken.first() {
+            return Err(QueueError::Open {
+                path: self.path.clone(),
+                reason: format!(
+                    "after migrating: {} row(s) refer to missing rows, e.g. {table} row {} \
+                     to {parent}; nothing was changed",
+                    broken.len(),
+                    rowid.unwrap_or_default()
+                ),
+            });
+        }
+        tx.commit().await.map_err(err)?;
         Ok(())
     }
 
@@ -467,8 +505,8 @@ const MAX_ROWS: usize = 32;
 ///
 /// An email whose id is already stored (a queue redelivered it) or whose
 /// idempotency key is taken is not inserted, and neither are its bytes:
-/// the second statement stores bytes only for ids that are in `emails`
-/// and have none yet.
+/// the second statement stores bytes under the `seq` of the row with that
+/// id, for ids that are in `emails` and have none yet.
 async fn insert_rows(
     conn: &mut sqlx::SqliteConnection,
     rows: &[Queued],
@@ -486,8 +524,8 @@ async fn insert_rows(
         "{begin}INSERT INTO emails (id, idempotency_key, state, priority, created_at, due_at, \
          next_at, max_fails, max_time_ms, mail_from, recipients, pending, subject, message_id, \
          tags) VALUES {} ON CONFLICT DO NOTHING RETURNING id; \
-         INSERT INTO email_raw (id, raw) SELECT v.column1, v.column2 FROM (VALUES {}) AS v \
-          WHERE v.column1 IN (SELECT id FROM emails) ON CONFLICT DO NOTHING{commit}",
+         INSERT INTO email_raw (seq, raw) SELECT e.seq, v.column2 FROM (VALUES {}) AS v \
+          JOIN emails AS e ON e.id = v.column1 WHERE true ON CONFLICT DO NOTHING{commit}",
         vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; rows.len()].join(","),
         vec!["(?,?)"; rows.len()].join(","),
     );
