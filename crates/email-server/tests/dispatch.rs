@@ -711,3 +711,57 @@ async fn a_live_owner_renews_its_lease() {
     assert_eq!(attempts.len(), 1);
     assert!(!row.possible_duplicate);
 }
+
+/// A claim whose message bytes cannot be read (here: their table is
+/// missing) hands its emails back at once, unattempted and unmarked,
+/// instead of leaving them in `sending` until the lease runs out.
+#[tokio::test]
+async fn claimed_emails_whose_bytes_cannot_be_read_are_handed_back() {
+    let server = FaultServer::start(Behaviour::new()).await;
+    let c = case("unreadable").await;
+    let id = c
+        .mailer
+        .enqueue(&email("ann@example.com"))
+        .await
+        .expect("enqueue");
+    let Store::Sqlite(s) = &c.store else {
+        unreachable!("these tests open SQLite stores")
+    };
+    let pool = s.embedded().pool();
+    sqlx::query("ALTER TABLE email_raw RENAME TO email_raw_away")
+        .execute(pool)
+        .await
+        .expect("hide the bytes");
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(dispatch::run(
+        c.store.clone(),
+        transport(server.addr()),
+        settings(),
+        Arc::new(Notify::new()),
+        rx,
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    tx.send(true).ok();
+    task.await.expect("join").expect("dispatcher");
+    let (state, owner, duplicate, attempts): (String, Option<String>, i64, i64) = sqlx::query_as(
+        "SELECT state, lease_owner, possible_duplicate, attempts FROM emails WHERE id = ?1",
+    )
+    .bind(id.to_string())
+    .fetch_one(pool)
+    .await
+    .expect("row");
+    assert_eq!(
+        (state.as_str(), owner, duplicate, attempts),
+        ("queued", None, 0, 0)
+    );
+    assert!(server.received().is_empty());
+    sqlx::query("ALTER TABLE email_raw_away RENAME TO email_raw")
+        .execute(pool)
+        .await
+        .expect("bytes back");
+    dispatch_until_done(&c, transport(server.addr()), settings()).await;
+    let row = show(&c, id).await.0;
+    assert_eq!(row.state, "sent");
+    assert!(!row.possible_duplicate);
+    assert_eq!(server.received().len(), 1);
+}

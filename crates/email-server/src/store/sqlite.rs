@@ -140,18 +140,32 @@ impl SqliteStore {
         // keeps the emails its own.
         let mut raw = std::collections::HashMap::with_capacity(rows.len());
         if !rows.is_empty() {
-            let seqs = rows
-                .iter()
-                .map(|r| r.try_get::<i64, _>("seq"))
-                .collect::<Result<Vec<_>, _>>()?;
-            let seqs = serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into());
-            let bodies: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-                "SELECT seq, raw FROM email_raw WHERE seq IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(seqs)
-            .fetch_all(&mut *conn)
-            .await?;
-            raw.extend(bodies);
+            match read_raw(&mut conn, &rows).await {
+                Ok(bodies) => raw.extend(bodies),
+                Err(e) => {
+                    // Claimed but not readable: hand the emails back now
+                    // (nothing was attempted) instead of leaving them to
+                    // the lease, which would mark them possible duplicates.
+                    let ids: Vec<String> =
+                        rows.iter().filter_map(|r| r.try_get("id").ok()).collect();
+                    let back = sqlx::query(
+                        "UPDATE emails SET state = CASE WHEN attempts = 0 THEN 'queued' \
+                                                       ELSE 'deferred' END, \
+                                lease_owner = NULL, lease_until = NULL \
+                          WHERE state = 'sending' AND lease_owner = ?1 \
+                            AND id IN (SELECT value FROM json_each(?2))",
+                    )
+                    .bind(owner)
+                    .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+                    .execute(&mut *conn)
+                    .await;
+                    if let Err(back) = back {
+                        tracing::warn!(error = %back, emails = ids.len(), "could not hand back claimed emails; they are claimed again when the lease runs out");
+                        conn.close_on_drop();
+                    }
+                    return Err(e);
+                }
+            }
         }
         drop(conn);
         let mut good = Vec::with_capacity(rows.len());
@@ -567,6 +581,24 @@ async fn update_emails(
             .bind(i64::from(a.is_some()));
     }
     Ok(q.fetch_all(&mut *tx).await?)
+}
+
+/// The message bytes of claimed rows, by `seq`.
+async fn read_raw(
+    conn: &mut sqlx::SqliteConnection,
+    rows: &[SqliteRow],
+) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    let seqs = rows
+        .iter()
+        .map(|r| r.try_get::<i64, _>("seq"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let seqs = serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into());
+    Ok(sqlx::query_as(
+        "SELECT seq, raw FROM email_raw WHERE seq IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(seqs)
+    .fetch_all(&mut *conn)
+    .await?)
 }
 
 fn claimed(r: &SqliteRow, raw: Vec<u8>) -> Result<Claimed, StoreError> {
