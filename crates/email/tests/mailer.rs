@@ -343,3 +343,49 @@ async fn a_file_from_before_the_raw_table_keeps_its_messages() {
         .expect("count");
     assert_eq!(n, 2);
 }
+
+/// A write given up midway (a caller's timeout around `insert`) leaves
+/// nothing open behind it: another handle on the file writes at once, and
+/// the first handle goes on working.
+#[tokio::test]
+async fn an_abandoned_write_does_not_hold_the_file() {
+    use email::queue::{Embedded, Queued};
+    use std::time::Duration;
+    let path = db_path("abandoned");
+    let a = Embedded::open(&path).await.expect("open a");
+    let b = Embedded::open(&path).await.expect("open b");
+    let e = email();
+    let raw = e.to_bytes();
+    let batch = |n: usize| -> Vec<Queued> {
+        (0..n)
+            .map(|_| Queued {
+                id: uuid::Uuid::now_v7(),
+                created_at_ms: now_ms(),
+                due_at_ms: now_ms(),
+                mail_from: "shop@example.com".into(),
+                rcpt_to: vec!["ann@example.com".into()],
+                raw: raw.clone(),
+                subject: Some("Order".into()),
+                message_id: e.message_id().map(str::to_owned),
+                idempotency_key: None,
+                priority: 0,
+                max_fails: None,
+                max_time_ms: None,
+                tags: None,
+            })
+            .collect()
+    };
+    for i in 0..40u64 {
+        // Given up after 0 to 780 µs: before the query is sent, midway
+        // through its statements, or after.
+        let rows = batch(20);
+        let _ = tokio::time::timeout(Duration::from_micros(20 * i), a.insert(&rows)).await;
+        tokio::time::timeout(Duration::from_secs(3), b.insert(&batch(1)))
+            .await
+            .unwrap_or_else(|_| panic!("round {i}: the other handle was locked out"))
+            .expect("insert from the other handle");
+    }
+    a.insert(&batch(2))
+        .await
+        .expect("the first handle still works");
+}

@@ -196,22 +196,20 @@ impl Embedded {
 
     async fn migrate(&self) -> Result<(), QueueError> {
         let err = |e| open_error(&self.path, e);
-        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let mut conn = Checked::new(self.pool.acquire().await.map_err(err)?);
         // Foreign keys off while migrating, as SQLite's procedure for
         // rebuilding a table asks (0005 drops and renames `emails`, which
         // `attempts` refers to); checked before the commit instead. The
         // pragma is a no-op inside a transaction, so it comes first.
         sqlx::query("PRAGMA foreign_keys = OFF")
-            .execute(&mut *conn)
+            .execute(&mut **conn)
             .await
             .map_err(err)?;
         let result = self.migrate_on(&mut conn).await;
         let on = sqlx::query("PRAGMA foreign_keys = ON")
-            .execute(&mut *conn)
+            .execute(&mut **conn)
             .await;
-        if result.is_err() || on.is_err() {
-            conn.close_on_drop();
-        }
+        conn.done = result.is_ok() && on.is_ok();
         result?;
         on.map_err(err)?;
         Ok(())
@@ -378,13 +376,13 @@ impl Embedded {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;
+        let mut conn = Checked::new(self.pool.acquire().await.map_err(QueueError::from_sqlx)?);
         let _turn = self.write_turn().await;
         let result = async {
             if batch.len() <= MAX_ROWS {
                 return insert_rows(&mut conn, batch, true).await;
             }
-            let mut tx = sqlx::Connection::begin(&mut *conn)
+            let mut tx = sqlx::Connection::begin(&mut **conn)
                 .await
                 .map_err(QueueError::from_sqlx)?;
             let mut ids = Vec::with_capacity(batch.len());
@@ -395,14 +393,12 @@ impl Embedded {
             Ok(ids)
         }
         .await;
-        if result.is_err() {
-            // A failed write (disk full, an I/O error) can leave SQLite's
-            // transaction open (for certain when a statement of the
-            // one-query form failed between its BEGIN and COMMIT) and the
-            // file's write lock held; a new connection starts clean, and
-            // the server is not locked out.
-            conn.close_on_drop();
-        }
+        // A failed write (disk full, an I/O error) can leave SQLite's
+        // transaction open (for certain when a statement of the one-query
+        // form failed between its BEGIN and COMMIT) and the file's write
+        // lock held; the connection is then closed (see `Checked`), a new
+        // one starts clean, and the server is not locked out.
+        conn.done = result.is_ok();
         result
     }
 
@@ -583,6 +579,48 @@ async fn insert_rows(
         );
     }
     Ok(ids)
+}
+
+/// A connection checked out of the pool that is closed instead of
+/// returned unless its work finished (`done`). SQLite rolls back what a
+/// closed connection left open, and releases its locks.
+///
+/// Needed because a caller may drop a write midway (a timeout around
+/// `enqueue`): sqlx's connection thread stops running a query's remaining
+/// statements once nobody reads their results, so the COMMIT of the
+/// one-query insert (`BEGIN; …; COMMIT`) would never run, and the
+/// connection would go back to the pool inside a transaction, holding the
+/// file's write lock against every other process.
+struct Checked {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    done: bool,
+}
+
+impl Checked {
+    fn new(conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) -> Checked {
+        Checked { conn, done: false }
+    }
+}
+
+impl std::ops::Deref for Checked {
+    type Target = sqlx::pool::PoolConnection<sqlx::Sqlite>;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Checked {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+impl Drop for Checked {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 /// Takes a write turn on `file` (see [`Embedded::write_turn`]).
