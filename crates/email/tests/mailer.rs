@@ -298,6 +298,16 @@ async fn a_file_from_before_the_raw_table_keeps_its_messages() {
         .execute(&mut conn)
         .await
         .expect("old attempt");
+        // An attempt whose email was deleted by hand with foreign keys off
+        // (as the `sqlite3` shell has them): it must not stop the upgrade.
+        sqlx::raw_sql(
+            "PRAGMA foreign_keys = OFF; \
+             INSERT INTO attempts (email_id, started_at, finished_at, outcome) \
+             VALUES ('gone', 1, 2, 'sent')",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("orphan attempt");
     }
     let mailer = Mailer::embedded(&path).await.expect("open migrates");
     let r = row(&mailer, old).await;
@@ -388,4 +398,30 @@ async fn an_abandoned_write_does_not_hold_the_file() {
     a.insert(&batch(2))
         .await
         .expect("the first handle still works");
+}
+
+/// Bytes left behind by an email row deleted by hand (foreign keys off, as
+/// in the `sqlite3` shell) are never sent as the next email's: SQLite can
+/// give the next row the deleted row's `seq`, and its own bytes win.
+#[tokio::test]
+async fn bytes_left_by_a_deleted_row_are_not_reused() {
+    let path = db_path("orphan-bytes");
+    let mailer = Mailer::embedded(&path).await.expect("open");
+    let first = mailer.enqueue(&email()).await.expect("first");
+    {
+        let url = format!("sqlite://{}", path.display());
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("connect");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PRAGMA foreign_keys = OFF; DELETE FROM emails WHERE id = '{first}'"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("delete by hand");
+    }
+    let e = email();
+    let second = mailer.enqueue(&e).await.expect("second");
+    let r = row(&mailer, second).await;
+    assert_eq!(r.get::<Vec<u8>, _>("raw"), e.to_bytes());
 }

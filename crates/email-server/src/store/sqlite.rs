@@ -148,6 +148,7 @@ impl SqliteStore {
                     // the lease, which would mark them possible duplicates.
                     let ids: Vec<String> =
                         rows.iter().filter_map(|r| r.try_get("id").ok()).collect();
+                    let _turn = self.db.write_turn().await;
                     let back = sqlx::query(
                         "UPDATE emails SET state = CASE WHEN attempts = 0 THEN 'queued' \
                                                        ELSE 'deferred' END, \
@@ -547,7 +548,8 @@ async fn update_emails(
     tx: &mut sqlx::SqliteConnection,
     items: &[Completion],
 ) -> Result<Vec<String>, StoreError> {
-    // `+state` keeps the planner on the primary key: one seek per email.
+    // `+state` keeps the planner on the unique index of `id`: one seek per
+    // email.
     let sql = format!(
         "WITH v (v_id, v_token, v_state, v_next, v_finished, v_pending, v_reason, v_dup, v_tried) \
               AS (VALUES {}) \

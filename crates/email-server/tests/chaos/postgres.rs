@@ -121,7 +121,10 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 /// and its time from start to first claim is measured too. Every email is
 /// sent, none lost or stuck; any the relay got twice is marked.
 pub(crate) async fn backends_terminated() {
-    let n = pick(1_500, 10_000);
+    // Enough that delivery outlasts intake by several rounds: the servers
+    // deliver while intake is still under fire, and with 1,500 emails a
+    // slow intake once left a single delivery round (2 resume figures).
+    let n = pick(3_000, 10_000);
     let Some(ctx) = Ctx::new("chaos-f4", needs()).await else {
         return;
     };

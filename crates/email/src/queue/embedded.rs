@@ -197,6 +197,7 @@ impl Embedded {
     async fn migrate(&self) -> Result<(), QueueError> {
         let err = |e| open_error(&self.path, e);
         let mut conn = Checked::new(self.pool.acquire().await.map_err(err)?);
+        conn.writing();
         // Foreign keys off while migrating, as SQLite's procedure for
         // rebuilding a table asks (0005 drops and renames `emails`, which
         // `attempts` refers to); checked before the commit instead. The
@@ -239,6 +240,11 @@ impl Embedded {
         if version == MIGRATIONS.len() {
             return Ok(());
         }
+        let before: Vec<(String, Option<i64>, String, i64)> =
+            sqlx::query_as("PRAGMA foreign_key_check")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(err)?;
             let set = format!("PRAGMA user_version = {}", i + 1);
@@ -252,6 +258,10 @@ impl Embedded {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(err)?;
+        // Only what migrating broke: rows orphaned before (say, by a
+        // delete in the `sqlite3` shell, which has foreign keys off) must
+        // not keep the file from opening.
+        let broken: Vec<_> = broken.into_iter().filter(|b| !before.contains(b)).collect();
         if let Some((table, rowid, parent, _)) = broken.first() {
             return Err(QueueError::Open {
                 path: self.path.clone(),
@@ -378,6 +388,7 @@ impl Embedded {
         }
         let mut conn = Checked::new(self.pool.acquire().await.map_err(QueueError::from_sqlx)?);
         let _turn = self.write_turn().await;
+        conn.writing();
         let result = async {
             if batch.len() <= MAX_ROWS {
                 return insert_rows(&mut conn, batch, true).await;
@@ -491,7 +502,8 @@ impl Embedded {
 }
 
 /// Most emails in one INSERT statement. Each row count up to this is a
-/// statement shape prepared once per connection.
+/// query shape (two: with and without BEGIN and COMMIT) prepared once per
+/// connection.
 const MAX_ROWS: usize = 32;
 
 /// Inserts up to [`MAX_ROWS`] emails, returning each one's id: their rows
@@ -499,10 +511,13 @@ const MAX_ROWS: usize = 32;
 /// one query; `transaction` wraps them in BEGIN and COMMIT in that same
 /// query (else the caller holds a transaction open).
 ///
-/// An email whose id is already stored (a queue redelivered it) or whose
-/// idempotency key is taken is not inserted, and neither are its bytes:
-/// the second statement stores bytes under the `seq` of the row with that
-/// id, for ids that are in `emails` and have none yet.
+/// An email whose idempotency key is taken is not inserted, and neither
+/// are its bytes: the second statement stores bytes under the `seq` of
+/// the row with that id. An email whose id is already stored (a queue
+/// redelivered it) writes its bytes again, the same bytes. Bytes already
+/// under a new row's `seq` are overwritten: they can only be left over
+/// from a row deleted by hand (SQLite may reuse the largest rowid once
+/// its row is gone), and must not be sent as this email.
 async fn insert_rows(
     conn: &mut sqlx::SqliteConnection,
     rows: &[Queued],
@@ -521,7 +536,8 @@ async fn insert_rows(
          next_at, max_fails, max_time_ms, mail_from, recipients, pending, subject, message_id, \
          tags) VALUES {} ON CONFLICT DO NOTHING RETURNING id; \
          INSERT INTO email_raw (seq, raw) SELECT e.seq, v.column2 FROM (VALUES {}) AS v \
-          JOIN emails AS e ON e.id = v.column1 WHERE true ON CONFLICT DO NOTHING{commit}",
+          JOIN emails AS e ON e.id = v.column1 WHERE true \
+          ON CONFLICT (seq) DO UPDATE SET raw = excluded.raw{commit}",
         vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; rows.len()].join(","),
         vec!["(?,?)"; rows.len()].join(","),
     );
@@ -597,8 +613,15 @@ struct Checked {
 }
 
 impl Checked {
+    /// Clean until [`Checked::writing`]: a caller that gives up while
+    /// waiting for its write turn leaves a connection worth keeping.
     fn new(conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) -> Checked {
-        Checked { conn, done: false }
+        Checked { conn, done: true }
+    }
+
+    /// From here until `done` is set again, dropping closes it.
+    fn writing(&mut self) {
+        self.done = false;
     }
 }
 
