@@ -117,6 +117,21 @@ async fn dispatch_until_done(c: &Case, transport: Transport, s: Settings) {
     done.expect("emails did not reach a terminal state in 20 s");
 }
 
+/// Runs the dispatcher for `d`, then shuts it down cleanly.
+async fn dispatch_for(c: &Case, transport: Transport, s: Settings, d: Duration) {
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(dispatch::run(
+        c.store.clone(),
+        transport,
+        s,
+        Arc::new(Notify::new()),
+        rx,
+    ));
+    tokio::time::sleep(d).await;
+    tx.send(true).ok();
+    task.await.expect("join").expect("dispatcher");
+}
+
 async fn show(
     c: &Case,
     id: email::EmailId,
@@ -321,17 +336,13 @@ async fn expiry_applies_in_every_waiting_state() {
         .claim("dead", 1, dispatch::now_ms(), -1)
         .await
         .expect("claim");
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(dispatch::run(
-        c.store.clone(),
+    dispatch_for(
+        &c,
         transport(server.addr()),
         settings(),
-        Arc::new(Notify::new()),
-        rx,
-    ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    tx.send(true).ok();
-    task.await.expect("join").expect("dispatcher");
+        Duration::from_millis(500),
+    )
+    .await;
     for id in [queued, sending] {
         let (row, attempts) = show(&c, id).await;
         assert_eq!(row.state, "expired", "{row:?}");
@@ -732,17 +743,13 @@ async fn claimed_emails_whose_bytes_cannot_be_read_are_handed_back() {
         .execute(pool)
         .await
         .expect("hide the bytes");
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(dispatch::run(
-        c.store.clone(),
+    dispatch_for(
+        &c,
         transport(server.addr()),
         settings(),
-        Arc::new(Notify::new()),
-        rx,
-    ));
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    tx.send(true).ok();
-    task.await.expect("join").expect("dispatcher");
+        Duration::from_millis(400),
+    )
+    .await;
     let (state, owner, duplicate, attempts): (String, Option<String>, i64, i64) = sqlx::query_as(
         "SELECT state, lease_owner, possible_duplicate, attempts FROM emails WHERE id = ?1",
     )

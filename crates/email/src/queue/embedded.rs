@@ -245,6 +245,7 @@ impl Embedded {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(err)?;
+        let before: std::collections::HashSet<_> = before.into_iter().collect();
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(err)?;
             let set = format!("PRAGMA user_version = {}", i + 1);
