@@ -425,3 +425,44 @@ async fn bytes_left_by_a_deleted_row_are_not_reused() {
     let r = row(&mailer, second).await;
     assert_eq!(r.get::<Vec<u8>, _>("raw"), e.to_bytes());
 }
+
+/// An insert waits while another process holds the write turn, and goes
+/// on as soon as it is let go (not after SQLite's busy timeout); the same
+/// handle's later inserts are not held up by how the turn was waited for.
+#[tokio::test]
+async fn an_insert_waits_for_a_turn_held_elsewhere_and_goes_on_when_it_ends() {
+    use std::time::{Duration, Instant};
+    let path = db_path("turn");
+    let mailer = Mailer::embedded(&path).await.expect("open");
+    mailer.enqueue(&email()).await.expect("first");
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(email::queue::Embedded::lock_file(&path))
+        .expect("lock file");
+    for round in 0..3 {
+        lock.lock().expect("take the turn");
+        let m = mailer.clone();
+        let waiting = tokio::spawn(async move { m.enqueue(&email()).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "round {round}: the insert wrote during another's turn"
+        );
+        let let_go = Instant::now();
+        lock.unlock().expect("let go");
+        let id = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the insert still waits after the turn ended")
+            .expect("task")
+            .expect("enqueue");
+        assert!(
+            let_go.elapsed() < Duration::from_secs(2),
+            "round {round}: took {:?} after the turn ended",
+            let_go.elapsed()
+        );
+        row(&mailer, id).await;
+        let quick = Instant::now();
+        mailer.enqueue(&email()).await.expect("uncontended");
+        assert!(quick.elapsed() < Duration::from_secs(2));
+    }
+}

@@ -10,10 +10,15 @@
 //! only after the row is on disk (one fsync per commit; buffered mode
 //! batches many rows per commit).
 //!
-//! Group commit: single-email inserts that arrive while a commit is under
-//! way (concurrent `enqueue` calls from the app's tasks) wait for it, then
-//! go to disk together in the next transaction. Each call still returns
-//! only once its own email is committed; many calls share one fsync.
+//! Inserts: each handle commits its inserts on a thread of its own with a
+//! connection of its own (rusqlite; see the `writer` module), the rest
+//! (migrations, reads, the server's store) goes through a sqlx pool of one
+//! connection.
+//!
+//! Group commit: inserts that arrive while a commit is under way
+//! (concurrent `enqueue` calls from the app's tasks) wait for it, then go
+//! to disk together in the next transaction. Each call still returns only
+//! once its own email is committed; many calls share one fsync.
 //!
 //! Write turns: every writer of this crate, in every process, takes an
 //! exclusive `flock` on `<file>.lock` around its transaction (see
@@ -22,7 +27,6 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,6 +36,9 @@ use sqlx::sqlite::{
 use tokio::sync::oneshot;
 
 use super::{EmailId, QueueError, Queued};
+
+mod writer;
+use writer::Writer;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
@@ -49,7 +56,8 @@ pub struct Embedded {
     pool: SqlitePool,
     options: Arc<SqliteConnectOptions>,
     path: PathBuf,
-    group: Arc<Group>,
+    /// The thread this handle's inserts are committed on, once started.
+    writer: Arc<Mutex<Option<Writer>>>,
     /// The `<file>.lock` this handle takes its write turns on (see
     /// [`Embedded::write_turn`]); `None` if it could not be opened.
     turns: Option<Arc<std::fs::File>>,
@@ -74,6 +82,14 @@ impl Waker {
                 .and_then(|s| s.set_nonblocking(true).map(|()| s))
                 .ok(),
             to: Embedded::wake_socket(path),
+        }
+    }
+
+    /// See [`Embedded::wake`].
+    fn wake(&self) {
+        #[cfg(unix)]
+        if let Some(sock) = &self.sock {
+            sock.send_to(b"!", &self.to).ok();
         }
     }
 }
@@ -108,35 +124,21 @@ impl Drop for Checkpointer {
 /// this long is stuck, and SQLite's lock decides).
 const TURN_WAIT: Duration = Duration::from_secs(10);
 
-/// Single-email inserts waiting for the next group commit, each with
-/// where its result goes.
-type Waiting = Vec<(Queued, oneshot::Sender<Result<EmailId, QueueError>>)>;
-
-/// The group commit's state: who is waiting, and whose turn it is to
-/// commit for everyone.
-#[derive(Debug, Default)]
-struct Group {
-    waiting: Mutex<Waiting>,
-    turn: tokio::sync::Mutex<()>,
-    /// How many emails the last commit carried.
-    last: AtomicUsize,
-}
-
-/// The longest a commit waits for the callers of the last one to join.
-const GATHER: Duration = Duration::from_micros(200);
-
 impl Embedded {
     /// Opens (creating if needed) the database at `path` and brings its
     /// schema up to date. The application's `Mailer` and `email-server`
-    /// open the file the same way: one connection and an 8 MiB page cache
-    /// (the default is 2 MiB).
+    /// open the file the same way: a pool of one connection with an 8 MiB
+    /// page cache (the default is 2 MiB), and, from the first insert, the
+    /// writer thread's connection.
     ///
-    /// One connection, because SQLite has one writer at a time, and
+    /// One pool connection, because SQLite has one writer at a time, and
     /// connections of one process contending for it fall back on SQLite's
     /// busy handler, which sleeps for milliseconds; with one, the process
-    /// queues its writes instead (an application's through the group
-    /// commit), and its page cache is not invalidated by its own other
-    /// connections' writes. No memory map: it once took dispatch from
+    /// queues its writes instead, and its page cache is not invalidated by
+    /// its own other connections' writes. The writer thread's connection
+    /// takes its write turns apart from the pool's (see
+    /// [`Embedded::write_turn`]), so the two never meet in the busy
+    /// handler either. No memory map: it once took dispatch from
     /// about 2,900 to 5,300 emails/s, when every attempt was recorded with
     /// statements of its own; now that attempts are recorded a batch at a
     /// time, the cache alone dispatches as fast, from an empty store and
@@ -186,7 +188,7 @@ impl Embedded {
             options: Arc::new(options),
             waker: Arc::new(Waker::new(&path)),
             path,
-            group: Arc::default(),
+            writer: Arc::default(),
             turns,
         };
         db.migrate().await?;
@@ -292,126 +294,53 @@ impl Embedded {
 
     /// Inserts emails in one transaction (one fsync), returning each one's
     /// id: the new id, or the first email's id when its idempotency key was
-    /// already used.
+    /// already used. Returns once they are committed.
     ///
-    /// A single email joins the group commit: calls made while another
-    /// commit is under way share the next one (see the module docs).
+    /// The commit happens on this handle's writer thread (started by its
+    /// first insert), together with the other inserts waiting for it: calls
+    /// made while a commit is under way share the next one (see the module
+    /// docs). A caller that gives up waiting does not take its emails back:
+    /// they are committed all the same.
     pub async fn insert(&self, batch: &[Queued]) -> Result<Vec<EmailId>, QueueError> {
-        let [q] = batch else {
-            let ids = self.insert_batch(batch).await?;
-            self.wake();
-            return Ok(ids);
-        };
-        let (tx, mut rx) = oneshot::channel();
-        self.waiting().push((q.clone(), tx));
-        let done = tokio::select! {
-            // Committed by whoever had the turn: done, without queueing
-            // for a turn of our own (queued callers would not be making
-            // new emails, and every commit would carry just one).
-            done = &mut rx => done,
-            _turn = self.group.turn.lock() => {
-                // Our turn: commit everything waiting, our email included
-                // unless the previous turn took it. The callers of the
-                // last commit are likely making their next emails right
-                // now: give them a moment to join this one.
-                let expected = self.group.last.load(Ordering::Relaxed);
-                let until = std::time::Instant::now() + GATHER;
-                while self.waiting().len() < expected && std::time::Instant::now() < until {
-                    tokio::task::yield_now().await;
-                }
-                let waiting = std::mem::take(&mut *self.waiting());
-                self.group.last.store(waiting.len(), Ordering::Relaxed);
-                if !waiting.is_empty() {
-                    // In a task of its own, so that a caller giving up (its
-                    // future dropped) does not abandon the others' emails
-                    // halfway through their commit.
-                    let db = self.clone();
-                    tokio::spawn(async move { db.commit_group(waiting).await })
-                        .await
-                        .ok();
-                }
-                rx.await
-            }
-        };
-        let id = done.unwrap_or_else(|_| {
-            Err(QueueError::Write(
-                "the group commit was interrupted; the email may or may not be stored".into(),
-            ))
-        })?;
-        Ok(vec![id])
-    }
-
-    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        self.group
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Commits the waiting single-email inserts together, and tells each
-    /// caller its result. If the shared transaction fails, each email is
-    /// tried alone, so one bad email cannot fail the others.
-    async fn commit_group(&self, waiting: Waiting) {
-        let (emails, replies): (Vec<Queued>, Vec<_>) = waiting.into_iter().unzip();
-        match self.insert_batch(&emails).await {
-            Ok(ids) => {
-                self.wake();
-                for (reply, id) in replies.into_iter().zip(ids) {
-                    reply.send(Ok(id)).ok();
-                }
-            }
-            Err(e) if emails.len() == 1 => {
-                if let Some(reply) = replies.into_iter().next() {
-                    reply.send(Err(e)).ok();
-                }
-            }
-            Err(_) => {
-                for (q, reply) in emails.iter().zip(replies) {
-                    let one = self
-                        .insert_batch(std::slice::from_ref(q))
-                        .await
-                        .map(|ids| ids.first().copied().unwrap_or(q.id));
-                    if one.is_ok() {
-                        self.wake();
-                    }
-                    reply.send(one).ok();
-                }
-            }
-        }
-    }
-
-    /// Inserts a batch atomically: one query (one round trip to sqlx's
-    /// connection thread) holding BEGIN, the two INSERTs and COMMIT when it
-    /// fits in one, else a transaction of several.
-    async fn insert_batch(&self, batch: &[Queued]) -> Result<Vec<EmailId>, QueueError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = Checked::new(self.pool.acquire().await.map_err(QueueError::from_sqlx)?);
-        let _turn = self.write_turn().await;
-        conn.writing();
-        let result = async {
-            if batch.len() <= MAX_ROWS {
-                return insert_rows(&mut conn, batch, true).await;
+        let reply = self.hand_over(batch.to_vec())?;
+        reply.await.unwrap_or_else(|_| {
+            Err(QueueError::Write(
+                "the writer thread stopped before replying; the emails may or may not be stored"
+                    .into(),
+            ))
+        })
+    }
+
+    /// Gives `emails` to the writer thread, starting it if it has not
+    /// started or has stopped.
+    fn hand_over(
+        &self,
+        mut emails: Vec<Queued>,
+    ) -> Result<oneshot::Receiver<Result<Vec<EmailId>, QueueError>>, QueueError> {
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        for _ in 0..2 {
+            let w = match writer.as_ref() {
+                Some(w) => w,
+                None => writer.insert(Writer::start(
+                    &self.path,
+                    &Self::lock_file(&self.path),
+                    self.waker.clone(),
+                )?),
+            };
+            match w.send(emails) {
+                Ok(reply) => return Ok(reply),
+                Err(back) => {
+                    emails = back;
+                    *writer = None;
+                }
             }
-            let mut tx = sqlx::Connection::begin(&mut **conn)
-                .await
-                .map_err(QueueError::from_sqlx)?;
-            let mut ids = Vec::with_capacity(batch.len());
-            for rows in batch.chunks(MAX_ROWS) {
-                ids.extend(insert_rows(&mut tx, rows, false).await?);
-            }
-            tx.commit().await.map_err(QueueError::from_sqlx)?;
-            Ok(ids)
         }
-        .await;
-        // A failed write (disk full, an I/O error) can leave SQLite's
-        // transaction open (for certain when a statement of the one-query
-        // form failed between its BEGIN and COMMIT) and the file's write
-        // lock held; the connection is then closed (see `Checked`), a new
-        // one starts clean, and the server is not locked out.
-        conn.done = result.is_ok();
-        result
+        Err(QueueError::Write(
+            "the writer thread stopped at once; the emails were not stored".into(),
+        ))
     }
 
     /// The path of the file that write turns are taken on.
@@ -495,107 +424,8 @@ impl Embedded {
     /// Tells a server sleeping on this file that there is new work. Best
     /// effort: if no server listens, the email waits in the file.
     pub fn wake(&self) {
-        #[cfg(unix)]
-        if let Some(sock) = &self.waker.sock {
-            sock.send_to(b"!", &self.waker.to).ok();
-        }
+        self.waker.wake();
     }
-}
-
-/// Most emails in one INSERT statement. Each row count up to this is a
-/// query shape (two: with and without BEGIN and COMMIT) prepared once per
-/// connection.
-const MAX_ROWS: usize = 32;
-
-/// Inserts up to [`MAX_ROWS`] emails, returning each one's id: their rows
-/// in `emails` and their bytes in `email_raw`, with two statements sent as
-/// one query; `transaction` wraps them in BEGIN and COMMIT in that same
-/// query (else the caller holds a transaction open).
-///
-/// An email whose idempotency key is taken is not inserted, and neither
-/// are its bytes: the second statement stores bytes under the `seq` of
-/// the row with that id. An email whose id is already stored (a queue
-/// redelivered it) writes its bytes again, the same bytes. Bytes already
-/// under a new row's `seq` are overwritten: they can only be left over
-/// from a row deleted by hand (SQLite may reuse the largest rowid once
-/// its row is gone), and must not be sent as this email.
-async fn insert_rows(
-    conn: &mut sqlx::SqliteConnection,
-    rows: &[Queued],
-    transaction: bool,
-) -> Result<Vec<EmailId>, QueueError> {
-    debug_assert!(!rows.is_empty() && rows.len() <= MAX_ROWS);
-    let (begin, commit) = if transaction {
-        ("BEGIN; ", "; COMMIT")
-    } else {
-        ("", "")
-    };
-    // sqlx numbers anonymous parameters on across the statements of one
-    // query: the first statement takes 15 per row, the second 2 per row.
-    let sql = format!(
-        "{begin}INSERT INTO emails (id, idempotency_key, state, priority, created_at, due_at, \
-         next_at, max_fails, max_time_ms, mail_from, recipients, pending, subject, message_id, \
-         tags) VALUES {} ON CONFLICT DO NOTHING RETURNING id; \
-         INSERT INTO email_raw (seq, raw) SELECT e.seq, v.column2 FROM (VALUES {}) AS v \
-          JOIN emails AS e ON e.id = v.column1 WHERE true \
-          ON CONFLICT (seq) DO UPDATE SET raw = excluded.raw{commit}",
-        vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; rows.len()].join(","),
-        vec!["(?,?)"; rows.len()].join(","),
-    );
-    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-    for q in rows {
-        let recipients =
-            serde_json::to_string(&q.rcpt_to).map_err(|e| QueueError::Encode(e.to_string()))?;
-        let state = if q.due_at_ms > q.created_at_ms {
-            "scheduled"
-        } else {
-            "queued"
-        };
-        query = query
-            .bind(q.id.to_string())
-            .bind(&q.idempotency_key)
-            .bind(state)
-            .bind(q.priority)
-            .bind(q.created_at_ms)
-            .bind(q.due_at_ms)
-            .bind(q.due_at_ms)
-            .bind(q.max_fails.map(i64::from))
-            .bind(q.max_time_ms)
-            .bind(&q.mail_from)
-            .bind(recipients.clone())
-            .bind(recipients)
-            .bind(&q.subject)
-            .bind(&q.message_id)
-            .bind(&q.tags);
-    }
-    for q in rows {
-        query = query.bind(q.id.to_string()).bind(&q.raw);
-    }
-    let inserted: Vec<String> = query
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-    let mut ids = Vec::with_capacity(rows.len());
-    for q in rows {
-        // Not inserted: either this very id is already stored (a queue
-        // redelivered it; intake is idempotent) or its idempotency key is
-        // (perhaps by an earlier row of this same statement).
-        let fresh = inserted.len() == rows.len() || inserted.contains(&q.id.to_string());
-        let Some(key) = q.idempotency_key.as_deref().filter(|_| !fresh) else {
-            ids.push(q.id);
-            continue;
-        };
-        let id: String = sqlx::query_scalar("SELECT id FROM emails WHERE idempotency_key = ?1")
-            .bind(key)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(QueueError::from_sqlx)?;
-        ids.push(
-            id.parse()
-                .map_err(|_| QueueError::Encode(format!("stored id {id:?} is not a UUID")))?,
-        );
-    }
-    Ok(ids)
 }
 
 /// A connection checked out of the pool that is closed instead of

@@ -137,14 +137,4 @@ impl QueueError {
             QueueError::Unavailable(_) | QueueError::Timeout { .. }
         )
     }
-
-    pub(crate) fn from_sqlx(e: sqlx::Error) -> QueueError {
-        let text = e.to_string();
-        // SQLITE_FULL: "database or disk is full".
-        if text.contains("is full") {
-            QueueError::Full
-        } else {
-            QueueError::Write(text)
-        }
-    }
 }

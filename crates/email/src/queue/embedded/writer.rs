@@ -1,0 +1,394 @@
+//! The thread that commits a handle's inserts: one OS thread owning one
+//! SQLite connection (rusqlite), fed by a channel.
+//!
+//! An `enqueue` puts its emails on the channel and waits for its reply:
+//! two hand-offs between threads per call. Through sqlx, whose SQLite
+//! connection also lives on a thread of its own, the same insert took a
+//! task for the group commit, the pool's checkout and return, a command
+//! and a result message per statement, about 17 context switches per call
+//! (BENCHMARKS.md, issue 3). The thread is also the group commit: whatever
+//! arrived while it was committing goes to disk together in its next
+//! transaction.
+//!
+//! The thread starts on a handle's first insert and ends when the last
+//! clone of the handle is dropped (its channel closes). Reads, the
+//! migrations and the server's store stay on the sqlx pool.
+
+use std::path::Path;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::{TURN_WAIT, Waker, open_error};
+use crate::queue::{EmailId, QueueError, Queued};
+
+/// The longest a commit waits for the callers of the last one to join.
+const GATHER: Duration = Duration::from_micros(200);
+
+/// One caller's emails, committed atomically (alone or with others'), and
+/// where the ids go.
+struct Job {
+    emails: Vec<Queued>,
+    reply: oneshot::Sender<Result<Vec<EmailId>, QueueError>>,
+}
+
+/// Where a handle sends its inserts.
+#[derive(Debug)]
+pub(super) struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Opens a connection to `path` (whose schema is up to date) and starts
+    /// the thread. Opening the file takes a fraction of a millisecond; it
+    /// happens on the caller's thread so that its error is the caller's.
+    pub(super) fn start(path: &Path, lock: &Path, waker: Arc<Waker>) -> Result<Writer, QueueError> {
+        let conn = connect(path).map_err(|e| open_error(path, e))?;
+        // Its own open file description of the lock file: `flock` then
+        // excludes this thread's writes from the rest of the process's
+        // (the server's store, when it runs in the same process) as well
+        // as from other processes.
+        let turns = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock)
+            .ok()
+            .map(Turns::new);
+        let (jobs, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("email-sqlite-writer".into())
+            .spawn(move || run(conn, &rx, turns.as_ref(), &waker))
+            .map_err(|e| open_error(path, format!("starting the writer thread: {e}")))?;
+        Ok(Writer { jobs })
+    }
+
+    /// Hands `emails` to the thread; `Err` gives them back if the thread
+    /// has stopped.
+    pub(super) fn send(
+        &self,
+        emails: Vec<Queued>,
+    ) -> Result<oneshot::Receiver<Result<Vec<EmailId>, QueueError>>, Vec<Queued>> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job { emails, reply })
+            .map(|()| rx)
+            .map_err(|e| e.0.emails)
+    }
+}
+
+/// Opens the writer's connection with the settings of
+/// [`super::Embedded::open`]: WAL, `synchronous=FULL`, foreign keys on.
+fn connect(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(TURN_WAIT)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+         PRAGMA wal_autocheckpoint = 4000; PRAGMA cache_size = -2048;",
+    )?;
+    Ok(conn)
+}
+
+/// The thread: takes every job waiting, commits them in one transaction,
+/// replies; until every sender is gone.
+fn run(
+    mut conn: rusqlite::Connection,
+    rx: &mpsc::Receiver<Job>,
+    turns: Option<&Turns>,
+    waker: &Waker,
+) {
+    let mut last = 1;
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        gather(rx, &mut jobs, last);
+        last = jobs.len();
+        commit(&mut conn, jobs, turns, waker);
+    }
+}
+
+/// Adds the jobs already waiting, then, while there are fewer than the
+/// last commit carried, waits up to [`GATHER`] for more: the callers of
+/// the last commit are likely making their next emails right now, and
+/// would otherwise each pay a commit of their own.
+fn gather(rx: &mpsc::Receiver<Job>, jobs: &mut Vec<Job>, expected: usize) {
+    jobs.extend(rx.try_iter());
+    let until = Instant::now() + GATHER;
+    while jobs.len() < expected {
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(job) => {
+                jobs.push(job);
+                jobs.extend(rx.try_iter());
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+}
+
+/// Commits `jobs` together and replies to each. If the shared transaction
+/// fails, each job is tried alone, so that one bad email cannot fail the
+/// others' calls.
+fn commit(conn: &mut rusqlite::Connection, jobs: Vec<Job>, turns: Option<&Turns>, waker: &Waker) {
+    let result = {
+        let _turn = turns.map(Turns::take);
+        write(conn, jobs.iter().flat_map(|j| &j.emails))
+    };
+    match result {
+        Ok(ids) => {
+            waker.wake();
+            let mut ids = ids.into_iter();
+            for job in jobs {
+                let mine = ids.by_ref().take(job.emails.len()).collect();
+                job.reply.send(Ok(mine)).ok();
+            }
+        }
+        Err(e) if jobs.len() == 1 => {
+            if let Some(job) = jobs.into_iter().next() {
+                job.reply.send(Err(e)).ok();
+            }
+        }
+        Err(_) => {
+            for job in jobs {
+                let one = {
+                    let _turn = turns.map(Turns::take);
+                    write(conn, &job.emails)
+                };
+                if one.is_ok() {
+                    waker.wake();
+                }
+                job.reply.send(one).ok();
+            }
+        }
+    }
+}
+
+/// Inserts emails in one transaction (one fsync), returning each one's
+/// id. A failure rolls everything back (the transaction is dropped).
+///
+/// An email whose idempotency key is taken is not inserted, and neither
+/// are its bytes: its id is the first email's. An email whose id is
+/// already stored (a queue redelivered it; intake is idempotent) writes
+/// its bytes again, the same bytes. Bytes already under a new row's `seq`
+/// are overwritten: they can only be left over from a row deleted by hand
+/// (SQLite may reuse the largest rowid once its row is gone), and must
+/// not be sent as this email.
+fn write<'a>(
+    conn: &mut rusqlite::Connection,
+    emails: impl IntoIterator<Item = &'a Queued>,
+) -> Result<Vec<EmailId>, QueueError> {
+    // IMMEDIATE: the write lock first, so the transaction never has to
+    // upgrade from a read lock (which fails at once when another writer
+    // got in between, whatever the busy timeout).
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(error)?;
+    let mut ids = Vec::new();
+    for q in emails {
+        ids.push(insert(&tx, q)?);
+    }
+    tx.commit().map_err(error)?;
+    Ok(ids)
+}
+
+/// Inserts one email inside `tx`; see [`write`].
+fn insert(tx: &rusqlite::Transaction<'_>, q: &Queued) -> Result<EmailId, QueueError> {
+    let recipients =
+        serde_json::to_string(&q.rcpt_to).map_err(|e| QueueError::Encode(e.to_string()))?;
+    let state = if q.due_at_ms > q.created_at_ms {
+        "scheduled"
+    } else {
+        "queued"
+    };
+    let id = q.id.to_string();
+    let inserted: Option<i64> = tx
+        .prepare_cached(
+            "INSERT INTO emails (id, idempotency_key, state, priority, created_at, due_at, \
+             next_at, max_fails, max_time_ms, mail_from, recipients, pending, subject, \
+             message_id, tags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?10, ?11, \
+             ?12, ?13) ON CONFLICT DO NOTHING RETURNING seq",
+        )
+        .map_err(error)?
+        .query_row(
+            params![
+                id,
+                q.idempotency_key,
+                state,
+                q.priority,
+                q.created_at_ms,
+                q.due_at_ms,
+                q.max_fails.map(i64::from),
+                q.max_time_ms,
+                q.mail_from,
+                recipients,
+                q.subject,
+                q.message_id,
+                q.tags,
+            ],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(error)?;
+    // Not inserted: either this very id is already stored, or its
+    // idempotency key is (perhaps by an earlier email of this same
+    // transaction).
+    let seq = match inserted {
+        Some(seq) => Some(seq),
+        None => tx
+            .prepare_cached("SELECT seq FROM emails WHERE id = ?1")
+            .map_err(error)?
+            .query_row([&id], |r| r.get(0))
+            .optional()
+            .map_err(error)?,
+    };
+    if let Some(seq) = seq {
+        tx.prepare_cached(
+            "INSERT INTO email_raw (seq, raw) VALUES (?1, ?2) \
+             ON CONFLICT (seq) DO UPDATE SET raw = excluded.raw",
+        )
+        .map_err(error)?
+        .execute(params![seq, q.raw])
+        .map_err(error)?;
+        return Ok(q.id);
+    }
+    let Some(key) = q.idempotency_key.as_deref() else {
+        return Err(QueueError::Write(format!(
+            "email {id} was neither inserted nor found"
+        )));
+    };
+    let first: String = tx
+        .prepare_cached("SELECT id FROM emails WHERE idempotency_key = ?1")
+        .map_err(error)?
+        .query_row([key], |r| r.get(0))
+        .map_err(error)?;
+    first
+        .parse()
+        .map_err(|_| QueueError::Encode(format!("stored id {first:?} is not a UUID")))
+}
+
+fn error(e: rusqlite::Error) -> QueueError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => QueueError::Full,
+        _ => QueueError::Write(e.to_string()),
+    }
+}
+
+/// Write turns for the thread (see [`super::Embedded::write_turn`]): an
+/// exclusive `flock` on its own open file description of `<file>.lock`.
+///
+/// `flock` has no timeout, and a turn not granted within [`TURN_WAIT`] is
+/// written without (SQLite's own lock then decides), so a contended turn is
+/// waited for on a second thread, started the first time one is needed,
+/// which grants it only if the writer still wants it; a lock it gets too
+/// late is let go at once.
+struct Turns {
+    file: Arc<std::fs::File>,
+    state: Arc<(Mutex<TurnState>, Condvar)>,
+    locker: Mutex<Option<mpsc::Sender<u64>>>,
+}
+
+#[derive(Default)]
+struct TurnState {
+    /// The request the writer waits for (0: none).
+    wanted: u64,
+    /// The request the locker granted.
+    granted: u64,
+    /// The writer holds the lock (a `flock` of the same open file
+    /// description merges with it, so the locker must not release it).
+    held: bool,
+    next: u64,
+}
+
+/// A turn taken by [`Turns::take`]: ends when dropped.
+struct Turn<'a>(&'a Turns, bool);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            let mut s = self.0.lock();
+            s.held = false;
+            self.0.file.unlock().ok();
+        }
+    }
+}
+
+impl Turns {
+    fn new(file: std::fs::File) -> Turns {
+        Turns {
+            file: Arc::new(file),
+            state: Arc::default(),
+            locker: Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        self.state.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the turn, at most [`TURN_WAIT`].
+    fn take(&self) -> Turn<'_> {
+        let mut s = self.lock();
+        match self.file.try_lock() {
+            Ok(()) => {
+                s.held = true;
+                return Turn(self, true);
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(_)) => return Turn(self, false),
+        }
+        s.next += 1;
+        let n = s.next;
+        s.wanted = n;
+        if !self.ask(n) {
+            s.wanted = 0;
+            return Turn(self, false);
+        }
+        let (mut s, _) = self
+            .state
+            .1
+            .wait_timeout_while(s, TURN_WAIT, |s| s.wanted == n && s.granted != n)
+            .unwrap_or_else(PoisonError::into_inner);
+        s.wanted = 0;
+        s.held = s.granted == n;
+        Turn(self, s.held)
+    }
+
+    /// Asks the locker thread (started if need be) for request `n`.
+    fn ask(&self, n: u64) -> bool {
+        let mut locker = self.locker.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = locker.as_ref()
+            && tx.send(n).is_ok()
+        {
+            return true;
+        }
+        let (tx, rx) = mpsc::channel::<u64>();
+        let file = self.file.clone();
+        let state = self.state.clone();
+        let started = std::thread::Builder::new()
+            .name("email-sqlite-turns".into())
+            .spawn(move || {
+                for n in rx {
+                    let ok = file.lock().is_ok();
+                    let (m, cv) = &*state;
+                    let mut s = m.lock().unwrap_or_else(PoisonError::into_inner);
+                    if s.wanted == n {
+                        // Granted, or (the lock failed) given up on.
+                        if ok {
+                            s.granted = n;
+                        } else {
+                            s.wanted = 0;
+                        }
+                        cv.notify_all();
+                    } else if ok && !s.held {
+                        file.unlock().ok();
+                    }
+                }
+            });
+        if started.is_err() || tx.send(n).is_err() {
+            return false;
+        }
+        *locker = Some(tx);
+        true
+    }
+}
