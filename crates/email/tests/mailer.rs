@@ -466,3 +466,107 @@ async fn an_insert_waits_for_a_turn_held_elsewhere_and_goes_on_when_it_ends() {
         assert!(quick.elapsed() < Duration::from_secs(2));
     }
 }
+
+/// One email the database refuses fails its own call only, even when it
+/// was committed in one transaction with others' emails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_refused_in_a_shared_commit_fails_alone() {
+    use std::time::Duration;
+    let path = db_path("refused");
+    let mailer = Mailer::embedded(&path).await.expect("open");
+    let db = mailer.queue().as_embedded().expect("embedded");
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE INSERT ON emails WHEN NEW.subject = 'poison' \
+         BEGIN SELECT RAISE(ABORT, 'poison refused'); END",
+    )
+    .execute(db.pool())
+    .await
+    .expect("trigger");
+    let with_subject = |subject: &str| {
+        Email::builder()
+            .from("shop@example.com")
+            .to("ann@example.com")
+            .subject(subject)
+            .text("Thanks")
+            .build()
+            .expect("build")
+    };
+    // Holding the write turn makes the writer wait with the first email,
+    // while the others pile up for its next commit, together.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(email::queue::Embedded::lock_file(&path))
+        .expect("lock file");
+    lock.lock().expect("take the turn");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let mailer = mailer.clone();
+        let e = with_subject(if i == 7 { "poison" } else { "fine" });
+        tasks.spawn(async move { (i, mailer.enqueue(&e).await) });
+        if i == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    lock.unlock().expect("let go");
+    let mut stored = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (i, result) = done.expect("task");
+        if i == 7 {
+            let e = result.expect_err("the refused email");
+            assert!(e.to_string().contains("poison refused"), "{e}");
+        } else {
+            row(&mailer, result.expect("the others")).await;
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 15);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM email_raw")
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+    assert_eq!(n, 15, "bytes stored for exactly the stored emails");
+}
+
+/// A write turn held elsewhere for longer than the turn wait (a stuck
+/// process) delays an insert by that wait, not for good; SQLite's own lock
+/// then decides, and the lock taken late is let go at once.
+#[tokio::test]
+async fn a_turn_held_for_good_elsewhere_delays_an_insert_by_the_turn_wait() {
+    use std::time::{Duration, Instant};
+    let path = db_path("stuck-turn");
+    let mailer = Mailer::embedded(&path).await.expect("open");
+    mailer.enqueue(&email()).await.expect("first");
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(email::queue::Embedded::lock_file(&path))
+        .expect("lock file");
+    lock.lock().expect("take the turn");
+    let started = Instant::now();
+    let id = tokio::time::timeout(Duration::from_secs(20), mailer.enqueue(&email()))
+        .await
+        .expect("an insert waited for good on a stuck turn")
+        .expect("enqueue");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    row(&mailer, id).await;
+    lock.unlock().expect("let go");
+    // The writer's late lock is not kept: another holder gets it at once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = std::fs::OpenOptions::new()
+        .write(true)
+        .open(email::queue::Embedded::lock_file(&path))
+        .expect("lock file");
+    other.try_lock().expect("the turn is free again");
+    other.unlock().expect("let go");
+    let quick = Instant::now();
+    mailer.enqueue(&email()).await.expect("after");
+    assert!(
+        quick.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        quick.elapsed()
+    );
+}

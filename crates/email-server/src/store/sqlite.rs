@@ -185,6 +185,8 @@ impl SqliteStore {
                 Err(e) => {
                     let id: String = row.try_get("id")?;
                     tracing::error!(%id, error = %e, "corrupt stored email marked failed");
+                    let mut conn = self.pool().acquire().await?;
+                    let _turn = self.db.write_turn().await;
                     sqlx::query(
                         "UPDATE emails SET state = 'failed', finished_at = ?2, last_reason = ?3, \
                                 lease_owner = NULL, lease_until = NULL WHERE id = ?1",
@@ -192,7 +194,7 @@ impl SqliteStore {
                     .bind(&id)
                     .bind(now)
                     .bind(format!("stored record is corrupt: {e}"))
-                    .execute(self.pool())
+                    .execute(&mut *conn)
                     .await?;
                 }
             }
@@ -251,24 +253,28 @@ impl SqliteStore {
     }
 
     pub(crate) async fn renew_leases(&self, owner: &str, until: i64) -> Result<u64, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        let _turn = self.db.write_turn().await;
         let done = sqlx::query(
             "UPDATE emails SET lease_until = ?1 WHERE state = 'sending' AND lease_owner = ?2",
         )
         .bind(until)
         .bind(owner)
-        .execute(self.pool())
+        .execute(&mut *conn)
         .await?;
         Ok(done.rows_affected())
     }
 
     pub(crate) async fn release_owner(&self, owner: &str) -> Result<u64, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        let _turn = self.db.write_turn().await;
         let done = sqlx::query(
             "UPDATE emails SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END, \
                     lease_owner = NULL, lease_until = NULL \
              WHERE state = 'sending' AND lease_owner = ?1",
         )
         .bind(owner)
-        .execute(self.pool())
+        .execute(&mut *conn)
         .await?;
         Ok(done.rows_affected())
     }
@@ -280,6 +286,8 @@ impl SqliteStore {
     ) -> Result<u64, StoreError> {
         // `due_at <= now` lets the partial index skip future emails, however
         // many there are; the state test is written to match that index.
+        let mut conn = self.pool().acquire().await?;
+        let _turn = self.db.write_turn().await;
         let done = sqlx::query(
             "UPDATE emails SET state = 'expired', finished_at = ?1, lease_owner = NULL, lease_until = NULL, \
                     last_reason = 'max-time passed' || COALESCE(': last attempt: ' || last_reason, ' before any attempt') \
@@ -289,7 +297,7 @@ impl SqliteStore {
         )
             .bind(now)
             .bind(default_max_time_ms)
-            .execute(self.pool())
+            .execute(&mut *conn)
             .await?;
         Ok(done.rows_affected())
     }
@@ -468,11 +476,15 @@ impl SqliteStore {
         t: i64,
         hint: &'static str,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-            .bind(id)
-            .bind(t)
-            .execute(self.pool())
-            .await?;
+        let done = {
+            let mut conn = self.pool().acquire().await?;
+            let _turn = self.db.write_turn().await;
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .bind(id)
+                .bind(t)
+                .execute(&mut *conn)
+                .await?
+        };
         if done.rows_affected() == 1 {
             self.db.wake();
             return Ok(());

@@ -27,7 +27,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -57,7 +57,11 @@ pub struct Embedded {
     options: Arc<SqliteConnectOptions>,
     path: PathBuf,
     /// The thread this handle's inserts are committed on, once started.
-    writer: Arc<Mutex<Option<Writer>>>,
+    writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
+    /// `path` made absolute when opened, for the writer thread's
+    /// connection (opened later, perhaps after the application changed
+    /// its working directory).
+    absolute: PathBuf,
     /// The `<file>.lock` this handle takes its write turns on (see
     /// [`Embedded::write_turn`]); `None` if it could not be opened.
     turns: Option<Arc<std::fs::File>>,
@@ -136,9 +140,13 @@ impl Embedded {
     /// busy handler, which sleeps for milliseconds; with one, the process
     /// queues its writes instead, and its page cache is not invalidated by
     /// its own other connections' writes. The writer thread's connection
-    /// takes its write turns apart from the pool's (see
-    /// [`Embedded::write_turn`]), so the two never meet in the busy
-    /// handler either. No memory map: it once took dispatch from
+    /// is the exception, for the sake of the application's enqueues (see
+    /// the `writer` module): its commits do invalidate the pool's cache
+    /// (SQLite drops a connection's cache when the log has changed under
+    /// it), which matters only in a process that both enqueues and
+    /// dispatches; it takes its write turns apart from the pool's (see
+    /// [`Embedded::write_turn`]), so the two do not meet in the busy
+    /// handler. No memory map: it once took dispatch from
     /// about 2,900 to 5,300 emails/s, when every attempt was recorded with
     /// statements of its own; now that attempts are recorded a batch at a
     /// time, the cache alone dispatches as fast, from an empty store and
@@ -184,6 +192,7 @@ impl Embedded {
             .await
             .map_err(|e| open_error(&path, e))?;
         let db = Embedded {
+            absolute: std::path::absolute(&path).unwrap_or_else(|_| path.clone()),
             pool,
             options: Arc::new(options),
             waker: Arc::new(Waker::new(&path)),
@@ -305,7 +314,7 @@ impl Embedded {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let reply = self.hand_over(batch.to_vec())?;
+        let reply = self.hand_over(batch.to_vec()).await?;
         reply.await.unwrap_or_else(|_| {
             Err(QueueError::Write(
                 "the writer thread stopped before replying; the emails may or may not be stored"
@@ -316,19 +325,22 @@ impl Embedded {
 
     /// Gives `emails` to the writer thread, starting it if it has not
     /// started or has stopped.
-    fn hand_over(
+    async fn hand_over(
         &self,
         mut emails: Vec<Queued>,
     ) -> Result<oneshot::Receiver<Result<Vec<EmailId>, QueueError>>, QueueError> {
-        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut writer = self.writer.lock().await;
         for _ in 0..2 {
             let w = match writer.as_ref() {
                 Some(w) => w,
-                None => writer.insert(Writer::start(
-                    &self.path,
-                    &Self::lock_file(&self.path),
-                    self.waker.clone(),
-                )?),
+                None => writer.insert(
+                    Writer::start(
+                        self.absolute.clone(),
+                        Self::lock_file(&self.absolute),
+                        self.waker.clone(),
+                    )
+                    .await?,
+                ),
             };
             match w.send(emails) {
                 Ok(reply) => return Ok(reply),

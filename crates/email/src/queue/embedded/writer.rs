@@ -14,7 +14,7 @@
 //! clone of the handle is dropped (its channel closes). Reads, the
 //! migrations and the server's store stay on the sqlx pool.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -42,27 +42,48 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Opens a connection to `path` (whose schema is up to date) and starts
-    /// the thread. Opening the file takes a fraction of a millisecond; it
-    /// happens on the caller's thread so that its error is the caller's.
-    pub(super) fn start(path: &Path, lock: &Path, waker: Arc<Waker>) -> Result<Writer, QueueError> {
-        let conn = connect(path).map_err(|e| open_error(path, e))?;
-        // Its own open file description of the lock file: `flock` then
-        // excludes this thread's writes from the rest of the process's
-        // (the server's store, when it runs in the same process) as well
-        // as from other processes.
-        let turns = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(lock)
-            .ok()
-            .map(Turns::new);
+    /// Starts the thread, which opens its connection to `path` (whose
+    /// schema is up to date; an absolute path, so that the application
+    /// changing its working directory does not move it); returns once the
+    /// connection is open. Opening may wait on SQLite's locks (another
+    /// process recovering the file), so it happens there, not on the
+    /// caller's thread.
+    pub(super) async fn start(
+        path: PathBuf,
+        lock: PathBuf,
+        waker: Arc<Waker>,
+    ) -> Result<Writer, QueueError> {
         let (jobs, rx) = mpsc::channel();
+        let (ready, opened) = oneshot::channel();
+        let at = path.clone();
         std::thread::Builder::new()
             .name("email-sqlite-writer".into())
-            .spawn(move || run(conn, &rx, turns.as_ref(), &waker))
-            .map_err(|e| open_error(path, format!("starting the writer thread: {e}")))?;
+            .spawn(move || {
+                let conn = match connect(&path) {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        ready.send(Err(open_error(&path, e))).ok();
+                        return;
+                    }
+                };
+                ready.send(Ok(())).ok();
+                // Its own open file description of the lock file: `flock`
+                // then excludes this thread's writes from the rest of the
+                // process's (the server's store, when it runs in the same
+                // process) as well as from other processes'.
+                let turns = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(lock)
+                    .ok()
+                    .map(Turns::new);
+                run(conn, &path, &rx, turns.as_ref(), &waker);
+            })
+            .map_err(|e| open_error(&at, format!("starting the writer thread: {e}")))?;
+        opened
+            .await
+            .unwrap_or_else(|_| Err(open_error(&at, "the writer thread stopped while opening")))?;
         Ok(Writer { jobs })
     }
 
@@ -96,6 +117,7 @@ fn connect(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
 /// replies; until every sender is gone.
 fn run(
     mut conn: rusqlite::Connection,
+    path: &Path,
     rx: &mpsc::Receiver<Job>,
     turns: Option<&Turns>,
     waker: &Waker,
@@ -106,6 +128,19 @@ fn run(
         gather(rx, &mut jobs, last);
         last = jobs.len();
         commit(&mut conn, jobs, turns, waker);
+        // A failed ROLLBACK (rusqlite's drop ignores its error) would leave
+        // the transaction open, holding the file's write lock against every
+        // other process: start again on a new connection, and SQLite rolls
+        // back what the old one left open when it closes.
+        if !conn.is_autocommit() {
+            match connect(path) {
+                Ok(fresh) => conn = fresh,
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "the queue's writer cannot reopen the database; its next insert starts a new writer");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -128,8 +163,10 @@ fn gather(rx: &mpsc::Receiver<Job>, jobs: &mut Vec<Job>, expected: usize) {
 }
 
 /// Commits `jobs` together and replies to each. If the shared transaction
-/// fails, each job is tried alone, so that one bad email cannot fail the
-/// others' calls.
+/// fails because of what some email holds (a constraint, a value SQLite
+/// refuses), each job is tried alone, so that one bad email cannot fail
+/// the others' calls; if it fails because of the file (locked, full, an
+/// I/O error), they all get that error at once.
 fn commit(conn: &mut rusqlite::Connection, jobs: Vec<Job>, turns: Option<&Turns>, waker: &Waker) {
     let result = {
         let _turn = turns.map(Turns::take);
@@ -144,9 +181,20 @@ fn commit(conn: &mut rusqlite::Connection, jobs: Vec<Job>, turns: Option<&Turns>
                 job.reply.send(Ok(mine)).ok();
             }
         }
-        Err(e) if jobs.len() == 1 => {
+        Err(Failed { error, file: true }) => {
+            // Every caller gets the error (QueueError is not Clone).
+            let again = |e: &QueueError| match e {
+                QueueError::Full => QueueError::Full,
+                QueueError::Write(text) => QueueError::Write(text.clone()),
+                other => QueueError::Write(other.to_string()),
+            };
+            for job in jobs {
+                job.reply.send(Err(again(&error))).ok();
+            }
+        }
+        Err(Failed { error, .. }) if jobs.len() == 1 => {
             if let Some(job) = jobs.into_iter().next() {
-                job.reply.send(Err(e)).ok();
+                job.reply.send(Err(error)).ok();
             }
         }
         Err(_) => {
@@ -158,9 +206,48 @@ fn commit(conn: &mut rusqlite::Connection, jobs: Vec<Job>, turns: Option<&Turns>
                 if one.is_ok() {
                     waker.wake();
                 }
-                job.reply.send(one).ok();
+                job.reply.send(one.map_err(|f| f.error)).ok();
             }
         }
+    }
+}
+
+/// Why [`write`] failed, and whether the file is to blame rather than an
+/// email.
+struct Failed {
+    error: QueueError,
+    file: bool,
+}
+
+fn error(e: rusqlite::Error) -> Failed {
+    use rusqlite::ErrorCode as C;
+    let code = e.sqlite_error_code();
+    let file = matches!(
+        code,
+        Some(
+            C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::DiskFull
+                | C::SystemIoFailure
+                | C::CannotOpen
+                | C::ReadOnly
+                | C::OutOfMemory
+                | C::DatabaseCorrupt
+                | C::NotADatabase
+                | C::PermissionDenied
+                | C::FileLockingProtocolFailed
+        )
+    );
+    let error = match code {
+        Some(C::DiskFull) => QueueError::Full,
+        _ => QueueError::Write(e.to_string()),
+    };
+    Failed { error, file }
+}
+
+impl From<QueueError> for Failed {
+    fn from(error: QueueError) -> Failed {
+        Failed { error, file: false }
     }
 }
 
@@ -177,7 +264,7 @@ fn commit(conn: &mut rusqlite::Connection, jobs: Vec<Job>, turns: Option<&Turns>
 fn write<'a>(
     conn: &mut rusqlite::Connection,
     emails: impl IntoIterator<Item = &'a Queued>,
-) -> Result<Vec<EmailId>, QueueError> {
+) -> Result<Vec<EmailId>, Failed> {
     // IMMEDIATE: the write lock first, so the transaction never has to
     // upgrade from a read lock (which fails at once when another writer
     // got in between, whatever the busy timeout).
@@ -193,9 +280,9 @@ fn write<'a>(
 }
 
 /// Inserts one email inside `tx`; see [`write`].
-fn insert(tx: &rusqlite::Transaction<'_>, q: &Queued) -> Result<EmailId, QueueError> {
-    let recipients =
-        serde_json::to_string(&q.rcpt_to).map_err(|e| QueueError::Encode(e.to_string()))?;
+fn insert(tx: &rusqlite::Transaction<'_>, q: &Queued) -> Result<EmailId, Failed> {
+    let recipients = serde_json::to_string(&q.rcpt_to)
+        .map_err(|e| Failed::from(QueueError::Encode(e.to_string())))?;
     let state = if q.due_at_ms > q.created_at_ms {
         "scheduled"
     } else {
@@ -253,25 +340,16 @@ fn insert(tx: &rusqlite::Transaction<'_>, q: &Queued) -> Result<EmailId, QueueEr
         return Ok(q.id);
     }
     let Some(key) = q.idempotency_key.as_deref() else {
-        return Err(QueueError::Write(format!(
-            "email {id} was neither inserted nor found"
-        )));
+        return Err(QueueError::Write(format!("email {id} was neither inserted nor found")).into());
     };
     let first: String = tx
         .prepare_cached("SELECT id FROM emails WHERE idempotency_key = ?1")
         .map_err(error)?
         .query_row([key], |r| r.get(0))
         .map_err(error)?;
-    first
+    Ok(first
         .parse()
-        .map_err(|_| QueueError::Encode(format!("stored id {first:?} is not a UUID")))
-}
-
-fn error(e: rusqlite::Error) -> QueueError {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => QueueError::Full,
-        _ => QueueError::Write(e.to_string()),
-    }
+        .map_err(|_| QueueError::Encode(format!("stored id {first:?} is not a UUID")))?)
 }
 
 /// Write turns for the thread (see [`super::Embedded::write_turn`]): an
@@ -368,14 +446,21 @@ impl Turns {
         let started = std::thread::Builder::new()
             .name("email-sqlite-turns".into())
             .spawn(move || {
+                let (m, cv) = &*state;
+                let lock = || m.lock().unwrap_or_else(PoisonError::into_inner);
                 for n in rx {
+                    // Given up on already: no need to queue for the lock.
+                    if lock().wanted != n {
+                        continue;
+                    }
                     let ok = file.lock().is_ok();
-                    let (m, cv) = &*state;
-                    let mut s = m.lock().unwrap_or_else(PoisonError::into_inner);
-                    if s.wanted == n {
-                        // Granted, or (the lock failed) given up on.
+                    let mut s = lock();
+                    if s.wanted != 0 {
+                        // Granted to the request waiting now (the one asked
+                        // for, or a later one if that was given up on
+                        // meanwhile), or, if the lock failed, given up.
                         if ok {
-                            s.granted = n;
+                            s.granted = s.wanted;
                         } else {
                             s.wanted = 0;
                         }
