@@ -570,3 +570,30 @@ async fn a_turn_held_for_good_elsewhere_delays_an_insert_by_the_turn_wait() {
         quick.elapsed()
     );
 }
+
+/// A newer build migrating the file under a running application: the
+/// application's inserts fail with a message that says so, not with
+/// SQLite's "no such column", and store nothing.
+#[tokio::test]
+async fn a_file_migrated_by_a_newer_build_is_named_in_the_error() {
+    let path = db_path("newer-schema");
+    let mailer = Mailer::embedded(&path).await.expect("open");
+    mailer.enqueue(&email()).await.expect("before");
+    let db = mailer.queue().as_embedded().expect("embedded");
+    // What a future migration might do: a column renamed, the version up.
+    sqlx::raw_sql("ALTER TABLE emails RENAME COLUMN subject TO title; PRAGMA user_version = 99")
+        .execute(db.pool())
+        .await
+        .expect("migrate as a newer build");
+    let e = mailer.enqueue(&email()).await.expect_err("after");
+    let text = e.to_string();
+    assert!(
+        text.contains("schema version 99") && text.contains("restart"),
+        "{text}"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM emails")
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+    assert_eq!(n, 1);
+}

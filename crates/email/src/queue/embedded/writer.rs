@@ -265,18 +265,43 @@ fn write<'a>(
     conn: &mut rusqlite::Connection,
     emails: impl IntoIterator<Item = &'a Queued>,
 ) -> Result<Vec<EmailId>, Failed> {
-    // IMMEDIATE: the write lock first, so the transaction never has to
-    // upgrade from a read lock (which fails at once when another writer
-    // got in between, whatever the busy timeout).
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(error)?;
-    let mut ids = Vec::new();
-    for q in emails {
-        ids.push(insert(&tx, q)?);
-    }
-    tx.commit().map_err(error)?;
-    Ok(ids)
+    let result = (|| {
+        // IMMEDIATE: the write lock first, so the transaction never has
+        // to upgrade from a read lock (which fails at once when another
+        // writer got in between, whatever the busy timeout).
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(error)?;
+        let mut ids = Vec::new();
+        for q in emails {
+            ids.push(insert(&tx, q)?);
+        }
+        tx.commit().map_err(error)?;
+        Ok(ids)
+    })();
+    result.map_err(|failed| match newer_schema(conn) {
+        // A newer build migrated the file under this running process: its
+        // statements may name columns that are gone. Say so, instead of
+        // SQLite's "no such column".
+        Some(version) => Failed {
+            error: QueueError::Write(format!(
+                "the database was upgraded to schema version {version} (this build knows {}) by \
+                 a newer build while this process was running; restart it with that build \
+                 (nothing was stored by this call)",
+                super::MIGRATIONS.len()
+            )),
+            file: true,
+        },
+        None => failed,
+    })
+}
+
+/// The file's schema version, if it is newer than this build's.
+fn newer_schema(conn: &rusqlite::Connection) -> Option<i64> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .ok()?;
+    (usize::try_from(version).ok()? > super::MIGRATIONS.len()).then_some(version)
 }
 
 /// Inserts one email inside `tx`; see [`write`].
