@@ -211,7 +211,6 @@ impl SqliteStore {
             .filter_map(|i| Some((i.claimed.id.as_str(), i.attempt.as_ref()?)))
             .collect();
         let mut conn = self.pool().acquire().await?;
-        let _turn = self.db.write_turn().await;
         // Results are written without an fsync of their own: a process
         // crash loses nothing (the WAL is in the page cache), and after a
         // power loss the durable claim before them is still there, so the
@@ -221,6 +220,10 @@ impl SqliteStore {
             sqlx::query("PRAGMA synchronous = NORMAL")
                 .execute(&mut *conn)
                 .await?;
+            // The turn covers the transaction only: the pragmas around it
+            // write nothing, and each is a round trip to sqlx's thread
+            // that the applications' enqueues would wait out.
+            let _turn = self.db.write_turn().await;
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             // Kept even when the lease was taken over: it happened.
             for chunk in chunked(&tried) {
