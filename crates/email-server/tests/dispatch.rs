@@ -772,3 +772,42 @@ async fn claimed_emails_whose_bytes_cannot_be_read_are_handed_back() {
     assert!(!row.possible_duplicate);
     assert_eq!(server.received().len(), 1);
 }
+
+/// A newer build migrating the file under a running dispatcher: it stops
+/// with an error that says so (and what to do), instead of retrying
+/// SQLite's "no such column" every second for good. Nothing is sent.
+#[tokio::test]
+async fn a_file_migrated_by_a_newer_build_stops_the_dispatcher_with_a_clear_error() {
+    let server = FaultServer::start(Behaviour::new()).await;
+    let c = case("newer-schema").await;
+    c.mailer
+        .enqueue(&email("ann@example.com"))
+        .await
+        .expect("enqueue");
+    let db = c.mailer.queue().as_embedded().expect("embedded");
+    // What a future migration might do: a column renamed, the version up.
+    sqlx::raw_sql("ALTER TABLE emails RENAME COLUMN pending TO waiting; PRAGMA user_version = 99")
+        .execute(db.pool())
+        .await
+        .expect("migrate as a newer build");
+    let (_tx, rx) = watch::channel(false);
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        dispatch::run(
+            c.store.clone(),
+            transport(server.addr()),
+            settings(),
+            Arc::new(Notify::new()),
+            rx,
+        ),
+    )
+    .await
+    .expect("the dispatcher stops by itself");
+    let e = ended.expect_err("a newer schema is fatal");
+    let text = e.to_string();
+    assert!(
+        text.contains("schema version 99") && text.contains("restart"),
+        "{text}"
+    );
+    assert!(server.received().is_empty());
+}

@@ -91,7 +91,9 @@ const CLAIM_GAP: Duration = Duration::from_millis(5);
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` turns true, then finishes or releases what is in
-/// flight. Database errors are logged and retried, not fatal.
+/// flight. Database errors are logged and retried, not fatal, but for
+/// [`StoreError::NewerSchema`] (a newer build migrated the database): then
+/// it finishes what is in flight as on shutdown and returns that error.
 pub async fn run(
     store: Store,
     transport: Transport,
@@ -113,6 +115,7 @@ pub async fn run(
     let renew_every = (settings.lease / 3).max(Duration::from_millis(100));
     let mut last_claim = long_ago(CLAIM_GAP);
     let mut backlog = false;
+    let mut fatal = None;
     loop {
         while let Some(done) = tasks.try_join_next() {
             log_panic(done);
@@ -180,6 +183,12 @@ pub async fn run(
                 .await
             {
                 Ok(c) => c,
+                Err(e @ StoreError::NewerSchema { .. }) => {
+                    // Nothing this build runs fits the file any more.
+                    tracing::error!(error = %e, "stopping");
+                    fatal = Some(e);
+                    break;
+                }
                 Err(e) => {
                     // A busy or briefly unavailable database is not a reason
                     // to stop delivering: wait a little and try again.
@@ -259,7 +268,7 @@ pub async fn run(
     }
     drain(&store, tasks, &settings, record_tx, recorder).await;
     transport.close().await;
-    Ok(())
+    fatal.map_or(Ok(()), Err)
 }
 
 /// An instant at least `gap` in the past (or now, just after boot).

@@ -226,6 +226,19 @@ pub enum StoreError {
     /// or a schema newer than this build knows.
     #[error("opening the store: {0}")]
     Open(String),
+    /// A newer build migrated the database while this one was running: its
+    /// statements no longer fit the schema. Restarting with the newer build
+    /// is the only way on.
+    #[error(
+        "the database was upgraded to schema version {found} (this build knows {known}) by a \
+         newer build while this server was running; restart it with that build"
+    )]
+    NewerSchema {
+        /// The file's version.
+        found: i64,
+        /// The newest this build knows.
+        known: usize,
+    },
     /// No email has this id.
     #[error("no email with id {0}")]
     NotFound(String),

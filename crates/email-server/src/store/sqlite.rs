@@ -60,7 +60,36 @@ impl SqliteStore {
         self.db.pool()
     }
 
+    /// `e`, or, if the file's schema is newer than this build's (a newer
+    /// build migrated it meanwhile), [`StoreError::NewerSchema`], which
+    /// says what to do instead of SQLite's "no such column".
+    async fn explain(&self, e: StoreError) -> StoreError {
+        if !matches!(e, StoreError::Db(_)) {
+            return e;
+        }
+        match self.db.newer_schema().await {
+            Some(found) => StoreError::NewerSchema {
+                found,
+                known: Embedded::schema_version(),
+            },
+            None => e,
+        }
+    }
+
     pub(crate) async fn claim(
+        &self,
+        owner: &str,
+        limit: usize,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        match self.claim_now(owner, limit, now, lease_ms).await {
+            Ok(claimed) => Ok(claimed),
+            Err(e) => Err(self.explain(e).await),
+        }
+    }
+
+    async fn claim_now(
         &self,
         owner: &str,
         limit: usize,
@@ -203,6 +232,13 @@ impl SqliteStore {
     }
 
     pub(crate) async fn record_many(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
+        match self.record_now(items).await {
+            Ok(updated) => Ok(updated),
+            Err(e) => Err(self.explain(e).await),
+        }
+    }
+
+    async fn record_now(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
         // A few multi-row statements for the whole batch: every statement
         // is a round trip to sqlx's connection thread, and a pair per email
         // cost more CPU than SQLite's own work.

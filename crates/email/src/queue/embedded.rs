@@ -289,6 +289,24 @@ impl Embedded {
         Ok(())
     }
 
+    /// The file's schema version if a newer build has migrated it past what
+    /// this build knows (while this process was running: `open` refuses
+    /// such a file). A process whose statements start failing asks this to
+    /// say why; `None` also when the version cannot be read.
+    pub async fn newer_schema(&self) -> Option<i64> {
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&self.pool)
+            .await
+            .ok()?;
+        (usize::try_from(version).ok()? > MIGRATIONS.len()).then_some(version)
+    }
+
+    /// How many schema migrations this build knows (the newest
+    /// `PRAGMA user_version` it can use).
+    pub fn schema_version() -> usize {
+        MIGRATIONS.len()
+    }
+
     /// The connection pool, for the server's store, which shares the file.
     /// It holds one connection (see [`Embedded::open`]): a caller that
     /// keeps it checked out delays this process's own enqueues.
