@@ -811,3 +811,81 @@ async fn a_file_migrated_by_a_newer_build_stops_the_dispatcher_with_a_clear_erro
     );
     assert!(server.received().is_empty());
 }
+
+/// The same with a PostgreSQL store, where several servers share a schema
+/// and an older one may still run while a newer one migrates it.
+#[tokio::test]
+async fn a_postgres_schema_migrated_by_a_newer_build_stops_the_dispatcher() {
+    use email_server::store::PostgresStore;
+    let url = std::env::var("EMAIL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let required = std::env::var("EMAIL_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let schema = format!("dispatch_newer_{}_{nanos}", std::process::id());
+    let pg = match PostgresStore::open_in_schema(&url, &schema).await {
+        Ok(pg) => pg,
+        Err(e) if !required => {
+            eprintln!("skipping: no PostgreSQL at {url}: {e}");
+            return;
+        }
+        Err(e) => panic!("PostgreSQL at {url}: {e}"),
+    };
+    let store = Store::Postgres(pg);
+    let e = email("ann@example.com");
+    let now = dispatch::now_ms();
+    let queued = email::queue::Queued {
+        id: email::EmailId::now_v7(),
+        created_at_ms: now,
+        due_at_ms: now,
+        mail_from: "shop@example.com".into(),
+        rcpt_to: vec!["ann@example.com".into()],
+        raw: e.to_bytes(),
+        subject: Some("Order".into()),
+        message_id: e.message_id().map(str::to_owned),
+        idempotency_key: None,
+        priority: 0,
+        max_fails: None,
+        max_time_ms: None,
+        tags: None,
+    };
+    store.insert(&[queued]).await.expect("insert");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect");
+    // What a future migration might do: a column renamed, the version up.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET search_path TO {schema}; ALTER TABLE emails RENAME COLUMN pending TO waiting; \
+         INSERT INTO email_schema_version (version, applied_at) VALUES (99, 0)"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("migrate as a newer build");
+    let server = FaultServer::start(Behaviour::new()).await;
+    let (_tx, rx) = watch::channel(false);
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        dispatch::run(
+            store,
+            transport(server.addr()),
+            settings(),
+            Arc::new(Notify::new()),
+            rx,
+        ),
+    )
+    .await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut conn)
+        .await
+        .expect("drop the test's schema");
+    let text = ended
+        .expect("the dispatcher stops by itself")
+        .expect_err("a newer schema is fatal")
+        .to_string();
+    assert!(
+        text.contains("schema version 99") && text.contains("restart"),
+        "{text}"
+    );
+    assert!(server.received().is_empty());
+}

@@ -67,6 +67,18 @@ pub(super) async fn run(pool: &PgPool, schema: Option<&str>) -> Result<(), Store
     Ok(())
 }
 
+/// The schema's version if a newer build has migrated it past what this
+/// build knows (`None` also when it cannot be read): asked when a
+/// statement fails, to say why.
+pub(super) async fn newer(pool: &PgPool) -> Option<(i64, usize)> {
+    let version: i64 =
+        sqlx::query_scalar("SELECT COALESCE(max(version), 0) FROM email_schema_version")
+            .fetch_one(pool)
+            .await
+            .ok()?;
+    (usize::try_from(version).ok()? > MIGRATIONS.len()).then_some((version, MIGRATIONS.len()))
+}
+
 /// A schema name that is safe to quote into SQL and to use as a
 /// `search_path` as is: `[a-z_][a-z0-9_]*`, at most 63 bytes (PostgreSQL
 /// would silently truncate a longer one), not a reserved `pg_` name.
