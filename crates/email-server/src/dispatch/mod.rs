@@ -108,7 +108,12 @@ pub async fn run(
     // they are enqueued, and the recorder leaves the database's write lock
     // to the applications' enqueues for a few milliseconds at a time.
     let caught_up = Arc::new(AtomicBool::new(false));
-    let recorder = tokio::spawn(recorder(store.clone(), record_rx, caught_up.clone()));
+    let recorder = tokio::spawn(recorder(
+        store.clone(),
+        record_rx,
+        caught_up.clone(),
+        wake.clone(),
+    ));
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut last_sweep = 0;
     let mut last_renewal = now_ms();
@@ -340,7 +345,12 @@ const RECORD_GAP: Duration = Duration::from_millis(5);
 /// many attempts (see `RECORD_GAP`).
 /// A failed batch is retried once, then left to the lease: the emails are
 /// claimed again (and marked possible duplicates) when it runs out.
-async fn recorder(store: Store, mut rx: mpsc::Receiver<Completion>, caught_up: Arc<AtomicBool>) {
+async fn recorder(
+    store: Store,
+    mut rx: mpsc::Receiver<Completion>,
+    caught_up: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+) {
     let mut last_write = long_ago(RECORD_GAP);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -371,6 +381,12 @@ async fn recorder(store: Store, mut rx: mpsc::Receiver<Completion>, caught_up: A
         }
         match result {
             Ok(updated) => {
+                // A retry scheduled: the dispatcher may have looked for its
+                // next wake-up before this write (it sees the email as
+                // `sending` until then, and would sleep out the lease).
+                if batch.iter().any(|c| matches!(c.next, Next::Retry { .. })) {
+                    wake.notify_one();
+                }
                 for (c, updated) in batch.iter().zip(updated) {
                     let id = &c.claimed.id;
                     if updated {

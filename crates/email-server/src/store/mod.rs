@@ -219,6 +219,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// The SQLite store failed on its writer thread (claims and records).
+    #[error("database: {0}")]
+    Sqlite(#[from] email::queue::embedded::rusqlite::Error),
     /// Opening failed.
     #[error(transparent)]
     Queue(#[from] email::queue::QueueError),
@@ -442,6 +445,20 @@ impl StoreError {
                     | sqlx::Error::Configuration(_)
             ),
             StoreError::Open(_) => true,
+            StoreError::Sqlite(e) => {
+                use email::queue::embedded::rusqlite::ErrorCode as C;
+                matches!(
+                    e.sqlite_error_code(),
+                    Some(
+                        C::DatabaseBusy
+                            | C::DatabaseLocked
+                            | C::DiskFull
+                            | C::SystemIoFailure
+                            | C::CannotOpen
+                            | C::OutOfMemory
+                    )
+                )
+            }
             // The embedded store reports SQLite errors as text.
             StoreError::Queue(q) => {
                 let text = q.to_string();

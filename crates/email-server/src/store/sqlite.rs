@@ -5,6 +5,9 @@
 use std::path::Path;
 
 use email::queue::Embedded;
+use email::queue::embedded::Writing;
+use email::queue::embedded::rusqlite::types::ValueRef;
+use email::queue::embedded::rusqlite::{self, TransactionBehavior, params};
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 
@@ -64,7 +67,7 @@ impl SqliteStore {
     /// build migrated it meanwhile), [`StoreError::NewerSchema`], which
     /// says what to do instead of SQLite's "no such column".
     async fn explain(&self, e: StoreError) -> StoreError {
-        if !matches!(e, StoreError::Db(_)) {
+        if !matches!(e, StoreError::Db(_) | StoreError::Sqlite(_)) {
             return e;
         }
         match self.db.newer_schema().await {
@@ -96,139 +99,13 @@ impl SqliteStore {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        // Three kinds of statement, each reading only what it takes:
-        // expired leases first (their owner died mid-attempt, perhaps
-        // after the final "." was accepted: a possible duplicate), then
-        // the distinct priorities of unfinished emails, found by index
-        // seeks (a loose index scan), and for each, highest first, its due
-        // emails in due order through `emails_claim (priority, next_at)`.
-        // One ORDER BY priority over all due emails would read every one
-        // of them on every claim. One transaction: one commit per claim.
-        // `LIMIT ?4 + 0`, not `LIMIT ?4`: SQLite marks a statement whose
-        // LIMIT is a bare parameter to be compiled again every time that
-        // parameter is bound, which cost 4% of the dispatcher's CPU.
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let until = now + lease_ms;
-        let mut conn = self.pool().acquire().await?;
-        let turn = self.db.write_turn().await;
-        let result: Result<Vec<sqlx::sqlite::SqliteRow>, StoreError> = async {
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            let mut rows = sqlx::query(sql_claim!(
-                "possible_duplicate = 1",
-                "SELECT id FROM emails WHERE state = 'sending' AND lease_until <= ?3 \
-                 ORDER BY priority DESC, next_at LIMIT ?4 + 0"
-            ))
-            .bind(owner)
-            .bind(until)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-            // Highest priority first, one index seek each (a loose index
-            // scan): no recursive CTE, whose work table costs more than
-            // the seeks.
-            let mut below = i64::MAX;
-            while (rows.len() as i64) < limit {
-                let priority: Option<i64> = sqlx::query_scalar(
-                    "SELECT max(priority) FROM emails \
-                      WHERE state IN ('scheduled', 'queued', 'deferred') \
-                        AND priority < ?1",
-                )
-                .bind(below)
-                .fetch_one(&mut *tx)
-                .await?;
-                let Some(priority) = priority else { break };
-                below = priority;
-                let left = limit - rows.len() as i64;
-                rows.extend(
-                    sqlx::query(sql_claim!(
-                        "possible_duplicate = possible_duplicate",
-                        "SELECT id FROM emails \
-                          WHERE state IN ('scheduled', 'queued', 'deferred') \
-                            AND priority = ?5 AND next_at <= ?3 \
-                          ORDER BY next_at LIMIT ?4 + 0"
-                    ))
-                    .bind(owner)
-                    .bind(until)
-                    .bind(now)
-                    .bind(left)
-                    .bind(priority)
-                    .fetch_all(&mut *tx)
-                    .await?,
-                );
-            }
-            tx.commit().await?;
-            Ok(rows)
-        }
-        .await;
-        forget_if_failed(&mut conn, &result);
-        drop(turn);
-        let rows = result?;
-        // The message bytes, read after the commit and outside the write
-        // turn: they never change once stored, and this process's lease
-        // keeps the emails its own.
-        let mut raw = std::collections::HashMap::with_capacity(rows.len());
-        if !rows.is_empty() {
-            match read_raw(&mut conn, &rows).await {
-                Ok(bodies) => raw.extend(bodies),
-                Err(e) => {
-                    // Claimed but not readable: hand the emails back now
-                    // (nothing was attempted) instead of leaving them to
-                    // the lease, which would mark them possible duplicates.
-                    let ids: Vec<String> =
-                        rows.iter().filter_map(|r| r.try_get("id").ok()).collect();
-                    let _turn = self.db.write_turn().await;
-                    let back = sqlx::query(
-                        "UPDATE emails SET state = CASE WHEN attempts = 0 THEN 'queued' \
-                                                       ELSE 'deferred' END, \
-                                lease_owner = NULL, lease_until = NULL \
-                          WHERE state = 'sending' AND lease_owner = ?1 \
-                            AND id IN (SELECT value FROM json_each(?2))",
-                    )
-                    .bind(owner)
-                    .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
-                    .execute(&mut *conn)
-                    .await;
-                    if let Err(back) = back {
-                        tracing::warn!(error = %back, emails = ids.len(), "could not hand back claimed emails; they are claimed again when the lease runs out");
-                        conn.close_on_drop();
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        drop(conn);
-        let mut good = Vec::with_capacity(rows.len());
-        for row in &rows {
-            // No bytes at all: delivery finds an empty message corrupt and
-            // fails the email with that reason.
-            let bytes = row
-                .try_get::<i64, _>("seq")
-                .ok()
-                .and_then(|seq| raw.remove(&seq))
-                .unwrap_or_default();
-            match claimed(row, bytes) {
-                Ok(c) => good.push(c),
-                // One corrupt row must not stop delivery of the others: it
-                // ends in `failed` with the reason, for an operator to see.
-                Err(e) => {
-                    let id: String = row.try_get("id")?;
-                    tracing::error!(%id, error = %e, "corrupt stored email marked failed");
-                    let mut conn = self.pool().acquire().await?;
-                    let _turn = self.db.write_turn().await;
-                    sqlx::query(
-                        "UPDATE emails SET state = 'failed', finished_at = ?2, last_reason = ?3, \
-                                lease_owner = NULL, lease_until = NULL WHERE id = ?1",
-                    )
-                    .bind(&id)
-                    .bind(now)
-                    .bind(format!("stored record is corrupt: {e}"))
-                    .execute(&mut *conn)
-                    .await?;
-                }
-            }
-        }
-        Ok(good)
+        // On the writer thread: one hand-off for the whole claim, where
+        // through sqlx each of its statements was a round trip to sqlx's
+        // connection thread made while holding the write turn.
+        let owner = owner.to_owned();
+        self.db
+            .on_writer(move |w| claim_on(w, &owner, limit, now, lease_ms))
+            .await?
     }
 
     pub(crate) async fn record_many(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
@@ -239,56 +116,13 @@ impl SqliteStore {
     }
 
     async fn record_now(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
-        // A few multi-row statements for the whole batch: every statement
-        // is a round trip to sqlx's connection thread, and a pair per email
-        // cost more CPU than SQLite's own work.
-        let tried: Vec<(&str, &Attempt)> = items
-            .iter()
-            .filter_map(|i| Some((i.claimed.id.as_str(), i.attempt.as_ref()?)))
-            .collect();
-        let mut conn = self.pool().acquire().await?;
-        // Results are written without an fsync of their own: a process
-        // crash loses nothing (the WAL is in the page cache), and after a
-        // power loss the durable claim before them is still there, so the
-        // email is sent again marked as a possible duplicate. Claims and
-        // enqueues stay `FULL` (ARCHITECTURE.md).
-        let result = async {
-            sqlx::query("PRAGMA synchronous = NORMAL")
-                .execute(&mut *conn)
-                .await?;
-            // The turn covers the transaction only: the pragmas around it
-            // write nothing, and each is a round trip to sqlx's thread
-            // that the applications' enqueues would wait out.
-            let _turn = self.db.write_turn().await;
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            // Kept even when the lease was taken over: it happened.
-            for chunk in chunked(&tried) {
-                insert_attempts(&mut tx, chunk).await?;
-            }
-            let mut updated = std::collections::HashSet::new();
-            for chunk in chunked(items) {
-                updated.extend(update_emails(&mut tx, chunk).await?);
-            }
-            tx.commit().await?;
-            Ok(items
-                .iter()
-                .map(|i| updated.contains(&i.claimed.id))
-                .collect())
-        }
-        .await;
-        forget_if_failed(&mut conn, &result);
-        // Committed: a connection that cannot be put back to `FULL` is
-        // closed, and a new one starts so. (After a failure it is closed
-        // anyway.)
-        if result.is_ok()
-            && let Err(e) = sqlx::query("PRAGMA synchronous = FULL")
-                .execute(&mut *conn)
-                .await
-        {
-            tracing::warn!(error = %e, "could not restore synchronous=FULL; reopening the database connection");
-            conn.close_on_drop();
-        }
-        result
+        // On the writer thread, with statements of its own: one hand-off
+        // there and one back for the whole batch, where through sqlx every
+        // statement (and each pragma) is a round trip to its connection's
+        // thread, made while holding the write turn the applications'
+        // enqueues wait for.
+        let records: Vec<Record> = items.iter().map(Record::of).collect();
+        self.db.on_writer(move |w| record_on(w, &records)).await?
     }
 
     pub(crate) async fn renew_leases(&self, owner: &str, until: i64) -> Result<u64, StoreError> {
@@ -543,132 +377,303 @@ impl SqliteStore {
     }
 }
 
-/// Row counts the multi-row statements of [`SqliteStore::record_many`] are
-/// written for, largest first. A batch is cut into chunks of these sizes,
-/// so it takes a few statements, and each connection's statement cache
-/// holds a few shapes that are prepared once.
-const CHUNKS: [usize; 4] = [64, 16, 4, 1];
-
-/// Splits `items` into chunks of the sizes in [`CHUNKS`].
-fn chunked<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        let size = CHUNKS.into_iter().find(|&c| c <= items.len())?;
-        let (chunk, rest) = items.split_at(size);
-        items = rest;
-        Some(chunk)
-    })
+/// A claimed row as the claim's `RETURNING` gives it.
+struct ClaimRow {
+    seq: i64,
+    token: i64,
+    mail_from: String,
+    pending: String,
+    attempts: i64,
+    due_at: i64,
+    max_fails: Option<i64>,
+    max_time_ms: Option<i64>,
 }
 
-/// `rows` groups of `width` placeholders: `(?,?),(?,?)`.
-fn placeholders(rows: usize, width: usize) -> String {
-    let row = format!("({})", vec!["?"; width].join(","));
-    vec![row; rows].join(",")
+/// A claimed row's id, and the rest of it or why it cannot be read (a
+/// corrupt row fails alone, not the claim).
+type Returned = (String, Result<ClaimRow, String>);
+
+fn returned(r: &rusqlite::Row<'_>) -> rusqlite::Result<Returned> {
+    let id: String = r.get(1)?;
+    let rest = (|| {
+        Ok::<_, rusqlite::Error>(ClaimRow {
+            seq: r.get(0)?,
+            token: r.get(2)?,
+            mail_from: r.get(3)?,
+            pending: r.get(4)?,
+            attempts: r.get(5)?,
+            due_at: r.get(6)?,
+            max_fails: r.get(7)?,
+            max_time_ms: r.get(8)?,
+        })
+    })()
+    .map_err(|e| e.to_string());
+    Ok((id, rest))
 }
 
-/// Inserts attempts, each with its email's id, in one statement.
-async fn insert_attempts(
-    tx: &mut sqlx::SqliteConnection,
-    attempts: &[(&str, &Attempt)],
-) -> Result<(), StoreError> {
-    let sql = format!(
-        "INSERT OR FAIL INTO attempts (email_id, started_at, finished_at, relay, outcome, smtp_code, \
-                               enhanced_code, reply, possible_duplicate, recipients) VALUES {}",
-        placeholders(attempts.len(), 10)
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (id, a) in attempts {
-        q = q
-            .bind(*id)
-            .bind(a.started_at)
-            .bind(a.finished_at)
-            .bind(&a.relay)
-            .bind(&a.outcome)
-            .bind(a.smtp_code.map(i64::from))
-            .bind(&a.enhanced_code)
-            .bind(&a.reply)
-            .bind(a.possible_duplicate)
-            .bind(serde_json::to_string(&a.recipients).unwrap_or_else(|_| "[]".into()));
+/// Claims up to `limit` due emails for `owner` until `now + lease_ms`, on
+/// the writer thread, in three kinds of statement, each reading only what
+/// it takes: expired leases first (their owner died mid-attempt, perhaps
+/// after the final "." was accepted: a possible duplicate), then the
+/// distinct priorities of unfinished emails, found by index seeks (a loose
+/// index scan), and for each, highest first, its due emails in due order
+/// through `emails_claim (priority, next_at)`. One ORDER BY priority over
+/// all due emails would read every one of them on every claim. One
+/// transaction: one commit (an fsync) per claim.
+///
+/// `LIMIT ?4 + 0`, not `LIMIT ?4`: SQLite marks a statement whose LIMIT is
+/// a bare parameter to be compiled again every time that parameter is
+/// bound, which cost 4% of the dispatcher's CPU.
+///
+/// The message bytes are read after the commit and outside the write
+/// turn: they never change once stored, and the lease keeps the emails
+/// this process's.
+fn claim_on(
+    w: &mut Writing<'_>,
+    owner: &str,
+    limit: usize,
+    now: i64,
+    lease_ms: i64,
+) -> Result<Vec<Claimed>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let until = now + lease_ms;
+    let rows: Vec<Returned> = {
+        let _turn = w.turn();
+        let tx = w
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut rows = Vec::new();
+        {
+            let mut expired = tx.prepare_cached(sql_claim!(
+                "possible_duplicate = 1",
+                "SELECT id FROM emails WHERE state = 'sending' AND lease_until <= ?3 \
+                 ORDER BY priority DESC, next_at LIMIT ?4 + 0"
+            ))?;
+            for r in expired.query_map(params![owner, until, now, limit], returned)? {
+                rows.push(r?);
+            }
+            let mut highest = tx.prepare_cached(
+                "SELECT max(priority) FROM emails \
+                  WHERE state IN ('scheduled', 'queued', 'deferred') AND priority < ?1",
+            )?;
+            let mut due = tx.prepare_cached(sql_claim!(
+                "possible_duplicate = possible_duplicate",
+                "SELECT id FROM emails \
+                  WHERE state IN ('scheduled', 'queued', 'deferred') \
+                    AND priority = ?5 AND next_at <= ?3 \
+                  ORDER BY next_at LIMIT ?4 + 0"
+            ))?;
+            let mut below = i64::MAX;
+            while (rows.len() as i64) < limit {
+                let priority: Option<i64> = highest.query_row([below], |r| r.get(0))?;
+                let Some(priority) = priority else { break };
+                below = priority;
+                let left = limit - rows.len() as i64;
+                for r in due.query_map(params![owner, until, now, left, priority], returned)? {
+                    rows.push(r?);
+                }
+            }
+        }
+        tx.commit()?;
+        rows
+    };
+    if rows.is_empty() {
+        return Ok(Vec::new());
     }
-    q.execute(&mut *tx).await?;
-    Ok(())
+    let seqs: Vec<i64> = rows
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().map(|c| c.seq))
+        .collect();
+    let read = (|| {
+        let mut st = w.conn.prepare_cached(
+            "SELECT seq, raw FROM email_raw WHERE seq IN (SELECT value FROM json_each(?1))",
+        )?;
+        let seqs = serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into());
+        st.query_map([seqs], |r| {
+            // Bytes as stored, whatever SQLite type they were stored as;
+            // delivery checks them.
+            let raw = match r.get_ref(1)? {
+                ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
+                _ => Vec::new(),
+            };
+            Ok((r.get::<_, i64>(0)?, raw))
+        })?
+        .collect::<rusqlite::Result<std::collections::HashMap<i64, Vec<u8>>>>()
+    })();
+    let mut raw = match read {
+        Ok(raw) => raw,
+        Err(e) => {
+            // Claimed but not readable: hand the emails back now (nothing
+            // was attempted) instead of leaving them to the lease, which
+            // would mark them possible duplicates.
+            let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+            let _turn = w.turn();
+            let back = w.conn.execute(
+                "UPDATE emails SET state = CASE WHEN attempts = 0 THEN 'queued' \
+                                               ELSE 'deferred' END, \
+                        lease_owner = NULL, lease_until = NULL \
+                  WHERE state = 'sending' AND lease_owner = ?1 \
+                    AND id IN (SELECT value FROM json_each(?2))",
+                params![
+                    owner,
+                    serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into())
+                ],
+            );
+            if let Err(back) = back {
+                tracing::warn!(error = %back, emails = ids.len(), "could not hand back claimed emails; they are claimed again when the lease runs out");
+                w.reopen();
+            }
+            return Err(e.into());
+        }
+    };
+    let mut good = Vec::with_capacity(rows.len());
+    let mut corrupt = Vec::new();
+    for (id, row) in rows {
+        let made = row.and_then(|c| {
+            // No bytes at all: delivery finds an empty message corrupt and
+            // fails the email with that reason.
+            let bytes = raw.remove(&c.seq).unwrap_or_default();
+            Ok(Claimed {
+                pending: json_list(&id, "pending", &c.pending).map_err(|e| e.to_string())?,
+                token: c.token,
+                mail_from: c.mail_from,
+                raw: bytes,
+                attempts: u32::try_from(c.attempts).unwrap_or(0),
+                due_at: c.due_at,
+                max_fails: c.max_fails.and_then(|v| u32::try_from(v).ok()),
+                max_time_ms: c.max_time_ms,
+                id: id.clone(),
+            })
+        });
+        match made {
+            Ok(c) => good.push(c),
+            Err(e) => corrupt.push((id, e)),
+        }
+    }
+    if !corrupt.is_empty() {
+        // One corrupt row must not stop delivery of the others: it ends in
+        // `failed` with the reason, for an operator to see.
+        let _turn = w.turn();
+        for (id, e) in corrupt {
+            tracing::error!(%id, error = %e, "corrupt stored email marked failed");
+            w.conn.execute(
+                "UPDATE emails SET state = 'failed', finished_at = ?2, last_reason = ?3, \
+                        lease_owner = NULL, lease_until = NULL WHERE id = ?1",
+                params![id, now, format!("stored record is corrupt: {e}")],
+            )?;
+        }
+    }
+    Ok(good)
 }
 
-/// Moves the emails of `items` on, each fenced by its lease token, in one
-/// statement; returns the ids it updated.
-async fn update_emails(
-    tx: &mut sqlx::SqliteConnection,
-    items: &[Completion],
-) -> Result<Vec<String>, StoreError> {
-    // `+state` keeps the planner on the unique index of `id`: one seek per
-    // email.
-    let sql = format!(
-        "WITH v (v_id, v_token, v_state, v_next, v_finished, v_pending, v_reason, v_dup, v_tried) \
-              AS (VALUES {}) \
-         UPDATE OR FAIL emails SET state = v_state, attempts = attempts + v_tried, \
-                next_at = COALESCE(v_next, next_at), finished_at = v_finished, \
-                pending = v_pending, last_reason = v_reason, \
-                possible_duplicate = possible_duplicate | v_dup, \
-                lease_owner = NULL, lease_until = NULL \
-           FROM v \
-          WHERE emails.id = v_id AND emails.lease_token = v_token AND +emails.state = 'sending' \
-         RETURNING emails.id",
-        placeholders(items.len(), 9)
-    );
-    let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-    for item in items {
+/// One completion as [`record_on`] writes it: owned (it goes to the
+/// writer thread), without the message bytes.
+struct Record {
+    id: String,
+    token: i64,
+    state: &'static str,
+    next_at: Option<i64>,
+    finished_at: Option<i64>,
+    pending: String,
+    reason: String,
+    attempt: Option<Attempt>,
+}
+
+impl Record {
+    fn of(item: &Completion) -> Record {
         let a = item.attempt.as_ref();
         let now = a.map_or_else(crate::dispatch::now_ms, |a| a.finished_at);
         let (next_at, finished_at) = match item.next {
             Next::Retry { at } => (Some(at), None),
             _ => (None, Some(now)),
         };
-        q = q
-            .bind(&item.claimed.id)
-            .bind(item.claimed.token)
-            .bind(item.next.state())
-            .bind(next_at)
-            .bind(finished_at)
-            .bind(serde_json::to_string(&item.pending).unwrap_or_else(|_| "[]".into()))
-            .bind(&item.reason)
-            .bind(a.is_some_and(|a| a.possible_duplicate))
-            .bind(i64::from(a.is_some()));
+        Record {
+            id: item.claimed.id.clone(),
+            token: item.claimed.token,
+            state: item.next.state(),
+            next_at,
+            finished_at,
+            pending: serde_json::to_string(&item.pending).unwrap_or_else(|_| "[]".into()),
+            reason: item.reason.clone(),
+            attempt: item.attempt.clone(),
+        }
     }
-    Ok(q.fetch_all(&mut *tx).await?)
 }
 
-/// The message bytes of claimed rows, by `seq`.
-async fn read_raw(
-    conn: &mut sqlx::SqliteConnection,
-    rows: &[SqliteRow],
-) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-    let seqs = rows
-        .iter()
-        .map(|r| r.try_get::<i64, _>("seq"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let seqs = serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into());
-    Ok(sqlx::query_as(
-        "SELECT seq, raw FROM email_raw WHERE seq IN (SELECT value FROM json_each(?1))",
-    )
-    .bind(seqs)
-    .fetch_all(&mut *conn)
-    .await?)
-}
-
-fn claimed(r: &SqliteRow, raw: Vec<u8>) -> Result<Claimed, StoreError> {
-    let id: String = r.try_get("id")?;
-    Ok(Claimed {
-        pending: json_list(&id, "pending", &r.try_get::<String, _>("pending")?)?,
-        token: r.try_get("lease_token")?,
-        mail_from: r.try_get("mail_from")?,
-        raw,
-        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
-        due_at: r.try_get("due_at")?,
-        max_fails: r
-            .try_get::<Option<i64>, _>("max_fails")?
-            .and_then(|v| u32::try_from(v).ok()),
-        max_time_ms: r.try_get("max_time_ms")?,
-        id,
-    })
+/// Records completions in one transaction, on the writer thread: every
+/// attempt (kept even when the lease was taken over: it happened), and
+/// each email moved on, fenced by its lease token. Returns, for each,
+/// whether its email was updated.
+///
+/// Results are written without an fsync of their own: a process crash
+/// loses nothing (the WAL is in the page cache), and after a power loss
+/// the durable claim before them is still there, so the email is sent
+/// again marked as a possible duplicate. Claims and enqueues stay `FULL`
+/// (ARCHITECTURE.md); the connection is put back to `FULL` after, or
+/// replaced if that fails.
+fn record_on(w: &mut Writing<'_>, records: &[Record]) -> Result<Vec<bool>, StoreError> {
+    w.conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let result = (|| {
+        let _turn = w.turn();
+        let tx = w
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut attempt = tx.prepare_cached(
+                "INSERT OR FAIL INTO attempts (email_id, started_at, finished_at, relay, outcome, \
+                 smtp_code, enhanced_code, reply, possible_duplicate, recipients) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for r in records {
+                let Some(a) = &r.attempt else { continue };
+                attempt.execute(params![
+                    r.id,
+                    a.started_at,
+                    a.finished_at,
+                    a.relay,
+                    a.outcome,
+                    a.smtp_code.map(i64::from),
+                    a.enhanced_code,
+                    a.reply,
+                    a.possible_duplicate,
+                    serde_json::to_string(&a.recipients).unwrap_or_else(|_| "[]".into()),
+                ])?;
+            }
+        }
+        let mut updated = Vec::with_capacity(records.len());
+        {
+            // `+state` keeps the planner on the unique index of `id`.
+            let mut update = tx.prepare_cached(
+                "UPDATE OR FAIL emails SET state = ?3, attempts = attempts + ?9, \
+                        next_at = COALESCE(?4, next_at), finished_at = ?5, pending = ?6, \
+                        last_reason = ?7, possible_duplicate = possible_duplicate | ?8, \
+                        lease_owner = NULL, lease_until = NULL \
+                  WHERE id = ?1 AND lease_token = ?2 AND +state = 'sending'",
+            )?;
+            for r in records {
+                let a = r.attempt.as_ref();
+                let n = update.execute(params![
+                    r.id,
+                    r.token,
+                    r.state,
+                    r.next_at,
+                    r.finished_at,
+                    r.pending,
+                    r.reason,
+                    a.is_some_and(|a| a.possible_duplicate),
+                    i64::from(a.is_some()),
+                ])?;
+                updated.push(n == 1);
+            }
+        }
+        tx.commit()?;
+        Ok(updated)
+    })();
+    if let Err(e) = w.conn.pragma_update(None, "synchronous", "FULL") {
+        tracing::warn!(error = %e, "could not restore synchronous=FULL; reopening the database connection");
+        w.reopen();
+    }
+    result
 }
 
 fn email_row(r: &SqliteRow, now: i64) -> Result<EmailRow, StoreError> {
@@ -720,20 +725,4 @@ fn attempt(r: &SqliteRow) -> Result<Attempt, StoreError> {
         possible_duplicate: r.try_get::<i64, _>("possible_duplicate")? != 0,
         recipients,
     })
-}
-
-/// After a failed write transaction, closes the connection instead of
-/// returning it to the pool. A commit that fails (disk full, an I/O error)
-/// can leave SQLite's transaction open, or sqlx's idea of it out of step
-/// with SQLite's; either way the connection would keep the database's
-/// write lock and every other writer (the applications' `enqueue`) would
-/// wait on it for good. A new connection starts clean.
-fn forget_if_failed<T>(
-    conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>,
-    result: &Result<T, StoreError>,
-) {
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "a store write failed; reopening the database connection");
-        conn.close_on_drop();
-    }
 }

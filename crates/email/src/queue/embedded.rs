@@ -38,7 +38,11 @@ use tokio::sync::oneshot;
 use super::{EmailId, QueueError, Queued};
 
 mod writer;
+/// The SQLite binding of the writer thread ([`Embedded::on_writer`]), for
+/// code that runs there to name its types with the same version.
+pub use rusqlite;
 use writer::Writer;
+pub use writer::{WriterTurn, Writing};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
@@ -349,18 +353,7 @@ impl Embedded {
     ) -> Result<oneshot::Receiver<Result<Vec<EmailId>, QueueError>>, QueueError> {
         let mut writer = self.writer.lock().await;
         for _ in 0..2 {
-            let w = match writer.as_ref() {
-                Some(w) => w,
-                None => writer.insert(
-                    Writer::start(
-                        self.absolute.clone(),
-                        Self::lock_file(&self.absolute),
-                        self.waker.clone(),
-                    )
-                    .await?,
-                ),
-            };
-            match w.send(emails) {
+            match self.started(&mut writer).await?.send(emails) {
                 Ok(reply) => return Ok(reply),
                 Err(back) => {
                     emails = back;
@@ -371,6 +364,69 @@ impl Embedded {
         Err(QueueError::Write(
             "the writer thread stopped at once; the emails were not stored".into(),
         ))
+    }
+
+    /// The writer thread, started if need be.
+    async fn started<'w>(&self, writer: &'w mut Option<Writer>) -> Result<&'w Writer, QueueError> {
+        if writer.is_none() {
+            *writer = Some(
+                Writer::start(
+                    self.absolute.clone(),
+                    Self::lock_file(&self.absolute),
+                    self.waker.clone(),
+                )
+                .await?,
+            );
+        }
+        writer
+            .as_ref()
+            .ok_or_else(|| QueueError::Write("the writer thread did not start".into()))
+    }
+
+    /// Runs `task` on this handle's writer thread, with its connection, in
+    /// turn with the handle's inserts, and returns what it returns. This
+    /// is how `email-server`'s SQLite store claims and records: a task is
+    /// one hand-off to the thread and one back, where each statement
+    /// through sqlx is a round trip to sqlx's own connection thread.
+    ///
+    /// The task runs on a plain thread: it must not block on async work,
+    /// and should be short (the handle's inserts wait for it). Take a
+    /// write turn ([`Writing::turn`]) around each write transaction. A
+    /// task that panics loses its result (this returns an error) and the
+    /// thread, which the next call starts again.
+    pub async fn on_writer<T, F>(&self, task: F) -> Result<T, QueueError>
+    where
+        F: FnOnce(&mut Writing<'_>) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, done) = oneshot::channel();
+        let mut task: writer::Task = Box::new(move |w: &mut Writing<'_>| {
+            reply.send(task(w)).ok();
+        });
+        {
+            let mut writer = self.writer.lock().await;
+            let mut sent = false;
+            for _ in 0..2 {
+                match self.started(&mut writer).await?.run(task) {
+                    Ok(()) => {
+                        sent = true;
+                        break;
+                    }
+                    Err(back) => {
+                        task = back;
+                        *writer = None;
+                    }
+                }
+            }
+            if !sent {
+                return Err(QueueError::Write(
+                    "the writer thread stopped at once".into(),
+                ));
+            }
+        }
+        done.await.map_err(|_| {
+            QueueError::Write("the writer thread stopped before the task finished".into())
+        })
     }
 
     /// The path of the file that write turns are taken on.

@@ -35,11 +35,53 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<EmailId>, QueueError>>,
 }
 
-/// Where a handle sends its inserts.
+/// Work run on the thread's connection (see [`super::Embedded::on_writer`]).
+pub(super) type Task = Box<dyn FnOnce(&mut Writing<'_>) + Send>;
+
+/// What the thread is sent.
+enum Message {
+    Insert(Job),
+    Run(Task),
+}
+
+/// Where a handle sends its inserts and tasks.
 #[derive(Debug)]
 pub(super) struct Writer {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Message>,
 }
+
+/// The writer thread's connection, lent to a task given to
+/// [`super::Embedded::on_writer`]: the `email-server` store's claims and
+/// records run here, beside the handle's inserts.
+pub struct Writing<'a> {
+    /// The connection: WAL, `synchronous=FULL`, foreign keys on. A task that
+    /// changes a setting for itself must put it back, or call
+    /// [`Writing::reopen`].
+    pub conn: &'a mut rusqlite::Connection,
+    turns: Option<&'a Turns>,
+    reopen: &'a mut bool,
+}
+
+impl<'a> Writing<'a> {
+    /// Waits for this thread's write turn (see
+    /// [`super::Embedded::write_turn`]); it ends when the returned value is
+    /// dropped. Take it just before `BEGIN IMMEDIATE` and keep it until the
+    /// commit.
+    pub fn turn(&self) -> WriterTurn<'a> {
+        WriterTurn(self.turns.map(Turns::take))
+    }
+
+    /// Asks for a new connection once the task returns (the old one is
+    /// closed, and SQLite rolls back what it left open): for a task that
+    /// could not put a setting back.
+    pub fn reopen(&mut self) {
+        *self.reopen = true;
+    }
+}
+
+/// A write turn taken by [`Writing::turn`]; ends when dropped.
+#[must_use = "the turn ends when this is dropped"]
+pub struct WriterTurn<'a>(#[allow(dead_code)] Option<Turn<'a>>);
 
 impl Writer {
     /// Starts the thread, which opens its connection to `path` (whose
@@ -95,9 +137,21 @@ impl Writer {
     ) -> Result<oneshot::Receiver<Result<Vec<EmailId>, QueueError>>, Vec<Queued>> {
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .send(Job { emails, reply })
+            .send(Message::Insert(Job { emails, reply }))
             .map(|()| rx)
-            .map_err(|e| e.0.emails)
+            .map_err(|e| match e.0 {
+                Message::Insert(job) => job.emails,
+                Message::Run(_) => Vec::new(),
+            })
+    }
+
+    /// Hands a task to the thread; `Err` gives it back if the thread has
+    /// stopped.
+    pub(super) fn run(&self, task: Task) -> Result<(), Task> {
+        self.jobs.send(Message::Run(task)).map_err(|e| match e.0 {
+            Message::Run(task) => task,
+            Message::Insert(_) => Box::new(|_: &mut Writing<'_>| {}),
+        })
     }
 }
 
@@ -118,21 +172,35 @@ fn connect(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
 fn run(
     mut conn: rusqlite::Connection,
     path: &Path,
-    rx: &mpsc::Receiver<Job>,
+    rx: &mpsc::Receiver<Message>,
     turns: Option<&Turns>,
     waker: &Waker,
 ) {
     let mut last = 1;
     while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        gather(rx, &mut jobs, last);
-        last = jobs.len();
-        commit(&mut conn, jobs, turns, waker);
+        let mut tasks = Vec::new();
+        match first {
+            Message::Run(task) => tasks.push(task),
+            Message::Insert(job) => {
+                let mut jobs = vec![job];
+                gather(rx, &mut jobs, &mut tasks, last);
+                last = jobs.len();
+                commit(&mut conn, jobs, turns, waker);
+            }
+        }
+        let mut reopen = false;
+        for task in tasks {
+            task(&mut Writing {
+                conn: &mut conn,
+                turns,
+                reopen: &mut reopen,
+            });
+        }
         // A failed ROLLBACK (rusqlite's drop ignores its error) would leave
         // the transaction open, holding the file's write lock against every
         // other process: start again on a new connection, and SQLite rolls
         // back what the old one left open when it closes.
-        if !conn.is_autocommit() {
+        if reopen || !conn.is_autocommit() {
             match connect(path) {
                 Ok(fresh) => conn = fresh,
                 Err(e) => {
@@ -148,14 +216,28 @@ fn run(
 /// last commit carried, waits up to [`GATHER`] for more: the callers of
 /// the last commit are likely making their next emails right now, and
 /// would otherwise each pay a commit of their own.
-fn gather(rx: &mpsc::Receiver<Job>, jobs: &mut Vec<Job>, expected: usize) {
-    jobs.extend(rx.try_iter());
+///
+/// Tasks that arrive meanwhile are kept for after the commit, and end the
+/// wait: someone is waiting for them.
+fn gather(
+    rx: &mpsc::Receiver<Message>,
+    jobs: &mut Vec<Job>,
+    tasks: &mut Vec<Task>,
+    expected: usize,
+) {
+    fn sort(m: Message, jobs: &mut Vec<Job>, tasks: &mut Vec<Task>) {
+        match m {
+            Message::Insert(job) => jobs.push(job),
+            Message::Run(task) => tasks.push(task),
+        }
+    }
+    rx.try_iter().for_each(|m| sort(m, jobs, tasks));
     let until = Instant::now() + GATHER;
-    while jobs.len() < expected {
+    while jobs.len() < expected && tasks.is_empty() {
         match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok(job) => {
-                jobs.push(job);
-                jobs.extend(rx.try_iter());
+            Ok(m) => {
+                sort(m, jobs, tasks);
+                rx.try_iter().for_each(|m| sort(m, jobs, tasks));
             }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
         }
@@ -385,7 +467,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, q: &Queued) -> Result<EmailId, Failed>
 /// waited for on a second thread, started the first time one is needed,
 /// which grants it only if the writer still wants it; a lock it gets too
 /// late is let go at once.
-struct Turns {
+pub(super) struct Turns {
     file: Arc<std::fs::File>,
     state: Arc<(Mutex<TurnState>, Condvar)>,
     locker: Mutex<Option<mpsc::Sender<u64>>>,
@@ -404,7 +486,7 @@ struct TurnState {
 }
 
 /// A turn taken by [`Turns::take`]: ends when dropped.
-struct Turn<'a>(&'a Turns, bool);
+pub(super) struct Turn<'a>(&'a Turns, bool);
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
