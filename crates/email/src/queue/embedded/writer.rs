@@ -156,13 +156,16 @@ impl Writer {
 }
 
 /// Opens the writer's connection with the settings of
-/// [`super::Embedded::open`]: WAL, `synchronous=FULL`, foreign keys on.
+/// [`super::Embedded::open`]: WAL, `synchronous=FULL`, foreign keys on,
+/// an 8 MiB page cache (a server's claims run here, and with a million
+/// scheduled emails their index pages are worth keeping; the cache only
+/// grows as pages are read).
 fn connect(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(TURN_WAIT)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 4000; PRAGMA cache_size = -2048;",
+         PRAGMA wal_autocheckpoint = 4000; PRAGMA cache_size = -8192;",
     )?;
     Ok(conn)
 }
