@@ -889,3 +889,38 @@ async fn a_postgres_schema_migrated_by_a_newer_build_stops_the_dispatcher() {
     );
     assert!(server.received().is_empty());
 }
+
+/// A row whose id is not text (edited by hand) fails alone, by its `seq`:
+/// the claim does not roll back over it (which would find it first again,
+/// for good), and the other emails are delivered.
+#[tokio::test]
+async fn a_row_whose_id_is_not_text_fails_alone() {
+    let server = FaultServer::start(Behaviour::new()).await;
+    let c = case("bad-id").await;
+    let bad = c
+        .mailer
+        .enqueue(&email("bad@example.com"))
+        .await
+        .expect("enqueue");
+    let good = c
+        .mailer
+        .enqueue(&email("ann@example.com"))
+        .await
+        .expect("enqueue");
+    let db = c.mailer.queue().as_embedded().expect("embedded");
+    sqlx::query("UPDATE emails SET id = X'FF00FF' WHERE id = ?1")
+        .bind(bad.to_string())
+        .execute(db.pool())
+        .await
+        .expect("corrupt the id");
+    dispatch_until_done(&c, transport(server.addr()), settings()).await;
+    assert_eq!(show(&c, good).await.0.state, "sent");
+    let (state, reason): (String, String) =
+        sqlx::query_as("SELECT state, last_reason FROM emails WHERE typeof(id) = 'blob'")
+            .fetch_one(db.pool())
+            .await
+            .expect("the corrupt row");
+    assert_eq!(state, "failed");
+    assert!(reason.contains("corrupt"), "{reason}");
+    assert_eq!(server.received().len(), 1);
+}

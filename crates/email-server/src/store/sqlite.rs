@@ -390,11 +390,29 @@ struct ClaimRow {
 }
 
 /// A claimed row's id, and the rest of it or why it cannot be read (a
-/// corrupt row fails alone, not the claim).
-type Returned = (String, Result<ClaimRow, String>);
+/// corrupt row fails alone, not the claim). The `seq` (an INTEGER
+/// PRIMARY KEY, always readable) keys the update that fails a corrupt row.
+type Returned = (i64, String, Result<ClaimRow, String>);
 
 fn returned(r: &rusqlite::Row<'_>) -> rusqlite::Result<Returned> {
-    let id: String = r.get(1)?;
+    let seq: i64 = r.get(0)?;
+    // Leniently: an id that is not valid text (edited by hand) must fail
+    // its own row, not every claim (the claim would roll back and find the
+    // same row first again, for good).
+    let (id, readable) = match r.get_ref(1)? {
+        ValueRef::Text(b) => match std::str::from_utf8(b) {
+            Ok(t) => (t.to_owned(), true),
+            Err(_) => (String::from_utf8_lossy(b).into_owned(), false),
+        },
+        ValueRef::Blob(b) => (String::from_utf8_lossy(b).into_owned(), false),
+        ValueRef::Integer(i) => (i.to_string(), false),
+        ValueRef::Real(f) => (f.to_string(), false),
+        ValueRef::Null => (String::new(), false),
+    };
+    if !readable {
+        // Its record could never be matched by id: fail it by `seq`.
+        return Ok((seq, id, Err("the id is not text".into())));
+    }
     let rest = (|| {
         Ok::<_, rusqlite::Error>(ClaimRow {
             seq: r.get(0)?,
@@ -408,7 +426,7 @@ fn returned(r: &rusqlite::Row<'_>) -> rusqlite::Result<Returned> {
         })
     })()
     .map_err(|e| e.to_string());
-    Ok((id, rest))
+    Ok((seq, id, rest))
 }
 
 /// Claims up to `limit` due emails for `owner` until `now + lease_ms`, on
@@ -482,7 +500,7 @@ fn claim_on(
     }
     let seqs: Vec<i64> = rows
         .iter()
-        .filter_map(|(_, r)| r.as_ref().ok().map(|c| c.seq))
+        .filter_map(|(_, _, r)| r.as_ref().ok().map(|c| c.seq))
         .collect();
     let read = (|| {
         let mut st = w.conn.prepare_cached(
@@ -506,21 +524,21 @@ fn claim_on(
             // Claimed but not readable: hand the emails back now (nothing
             // was attempted) instead of leaving them to the lease, which
             // would mark them possible duplicates.
-            let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+            let seqs: Vec<i64> = rows.iter().map(|(seq, _, _)| *seq).collect();
             let _turn = w.turn();
             let back = w.conn.execute(
                 "UPDATE emails SET state = CASE WHEN attempts = 0 THEN 'queued' \
                                                ELSE 'deferred' END, \
                         lease_owner = NULL, lease_until = NULL \
                   WHERE state = 'sending' AND lease_owner = ?1 \
-                    AND id IN (SELECT value FROM json_each(?2))",
+                    AND seq IN (SELECT value FROM json_each(?2))",
                 params![
                     owner,
-                    serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into())
+                    serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into())
                 ],
             );
             if let Err(back) = back {
-                tracing::warn!(error = %back, emails = ids.len(), "could not hand back claimed emails; they are claimed again when the lease runs out");
+                tracing::warn!(error = %back, emails = seqs.len(), "could not hand back claimed emails; they are claimed again when the lease runs out");
                 w.reopen();
             }
             return Err(e.into());
@@ -528,7 +546,7 @@ fn claim_on(
     };
     let mut good = Vec::with_capacity(rows.len());
     let mut corrupt = Vec::new();
-    for (id, row) in rows {
+    for (seq, id, row) in rows {
         let made = row.and_then(|c| {
             // No bytes at all: delivery finds an empty message corrupt and
             // fails the email with that reason.
@@ -547,20 +565,25 @@ fn claim_on(
         });
         match made {
             Ok(c) => good.push(c),
-            Err(e) => corrupt.push((id, e)),
+            Err(e) => corrupt.push((seq, id, e)),
         }
     }
     if !corrupt.is_empty() {
         // One corrupt row must not stop delivery of the others: it ends in
         // `failed` with the reason, for an operator to see.
+        // A failure here must not lose the good claims (they are
+        // `sending` under this lease already): it is logged, and the
+        // corrupt row comes back when its lease runs out.
         let _turn = w.turn();
-        for (id, e) in corrupt {
+        for (seq, id, e) in corrupt {
             tracing::error!(%id, error = %e, "corrupt stored email marked failed");
-            w.conn.execute(
+            if let Err(failed) = w.conn.execute(
                 "UPDATE emails SET state = 'failed', finished_at = ?2, last_reason = ?3, \
-                        lease_owner = NULL, lease_until = NULL WHERE id = ?1",
-                params![id, now, format!("stored record is corrupt: {e}")],
-            )?;
+                        lease_owner = NULL, lease_until = NULL WHERE seq = ?1",
+                params![seq, now, format!("stored record is corrupt: {e}")],
+            ) {
+                tracing::warn!(%id, error = %failed, "could not mark a corrupt email failed; it is claimed again when its lease runs out");
+            }
         }
     }
     Ok(good)

@@ -11,9 +11,10 @@
 //! batches many rows per commit).
 //!
 //! Inserts: each handle commits its inserts on a thread of its own with a
-//! connection of its own (rusqlite; see the `writer` module), the rest
-//! (migrations, reads, the server's store) goes through a sqlx pool of one
-//! connection.
+//! connection of its own (rusqlite; see the `writer` module), which also
+//! runs the server's claims and records ([`Embedded::on_writer`]); the
+//! rest (migrations, reads, the server's occasional writes) goes through a
+//! sqlx pool of one connection.
 //!
 //! Group commit: inserts that arrive while a commit is under way
 //! (concurrent `enqueue` calls from the app's tasks) wait for it, then go
@@ -60,7 +61,7 @@ pub struct Embedded {
     pool: SqlitePool,
     options: Arc<SqliteConnectOptions>,
     path: PathBuf,
-    /// The thread this handle's inserts are committed on, once started.
+    /// The thread this handle's inserts and tasks run on, once started.
     writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
     /// `path` made absolute when opened, for the writer thread's
     /// connection (opened later, perhaps after the application changed
@@ -313,7 +314,8 @@ impl Embedded {
 
     /// The connection pool, for the server's store, which shares the file.
     /// It holds one connection (see [`Embedded::open`]): a caller that
-    /// keeps it checked out delays this process's own enqueues.
+    /// keeps it checked out delays this process's other users of the pool
+    /// (not its inserts, which have the writer thread).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }

@@ -10,9 +10,13 @@
 //! arrived while it was committing goes to disk together in its next
 //! transaction.
 //!
-//! The thread starts on a handle's first insert and ends when the last
-//! clone of the handle is dropped (its channel closes). Reads, the
-//! migrations and the server's store stay on the sqlx pool.
+//! The thread also runs tasks ([`super::Embedded::on_writer`]): the
+//! `email-server` SQLite store's claims and records, each one hand-off
+//! there and one back, beside the inserts.
+//!
+//! The thread starts on a handle's first insert or task and ends when the
+//! last clone of the handle is dropped (its channel closes). Reads, the
+//! migrations and the store's occasional writes stay on the sqlx pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -66,7 +70,8 @@ impl<'a> Writing<'a> {
     /// Waits for this thread's write turn (see
     /// [`super::Embedded::write_turn`]); it ends when the returned value is
     /// dropped. Take it just before `BEGIN IMMEDIATE` and keep it until the
-    /// commit.
+    /// commit. Never take a second one while holding one: both are the same
+    /// `flock`, and the first dropped ends the turn for both.
     pub fn turn(&self) -> WriterTurn<'a> {
         WriterTurn(self.turns.map(Turns::take))
     }
@@ -189,28 +194,54 @@ fn run(
                 gather(rx, &mut jobs, &mut tasks, last);
                 last = jobs.len();
                 commit(&mut conn, jobs, turns, waker);
-            }
-        }
-        let mut reopen = false;
-        for task in tasks {
-            task(&mut Writing {
-                conn: &mut conn,
-                turns,
-                reopen: &mut reopen,
-            });
-        }
-        // A failed ROLLBACK (rusqlite's drop ignores its error) would leave
-        // the transaction open, holding the file's write lock against every
-        // other process: start again on a new connection, and SQLite rolls
-        // back what the old one left open when it closes.
-        if reopen || !conn.is_autocommit() {
-            match connect(path) {
-                Ok(fresh) => conn = fresh,
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "the queue's writer cannot reopen the database; its next insert starts a new writer");
+                if !fresh_if_needed(&mut conn, path, false) {
                     return;
                 }
             }
+        }
+        for task in tasks {
+            let mut reopen = false;
+            // A task that panics loses its own result (its caller is told
+            // the task did not finish), not the thread and everyone else's
+            // work queued behind it.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                task(&mut Writing {
+                    conn: &mut conn,
+                    turns,
+                    reopen: &mut reopen,
+                });
+            }));
+            if ran.is_err() {
+                tracing::error!(
+                    "a task on the queue's writer thread panicked; reopening its connection"
+                );
+                reopen = true;
+            }
+            if !fresh_if_needed(&mut conn, path, reopen) {
+                return;
+            }
+        }
+    }
+}
+
+/// Replaces the connection when asked to, or when it was left inside a
+/// transaction: a failed ROLLBACK (rusqlite's drop ignores its error)
+/// would keep the transaction open, holding the file's write lock against
+/// every other process; SQLite rolls back what a closed connection left
+/// open. `false` when no new connection can be opened: the thread then
+/// ends, and the handle's next insert or task starts another.
+fn fresh_if_needed(conn: &mut rusqlite::Connection, path: &Path, asked: bool) -> bool {
+    if !asked && conn.is_autocommit() {
+        return true;
+    }
+    match connect(path) {
+        Ok(fresh) => {
+            *conn = fresh;
+            true
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "the queue's writer cannot reopen the database; the next insert starts a new writer");
+            false
         }
     }
 }
