@@ -132,6 +132,20 @@ async fn dispatch_for(c: &Case, transport: Transport, s: Settings, d: Duration) 
     task.await.expect("join").expect("dispatcher");
 }
 
+/// Runs the dispatcher, never asked to stop, for up to 10 s: `Err` if it
+/// did not stop by itself.
+async fn dispatch_until_it_stops(
+    store: Store,
+    transport: Transport,
+) -> Result<Result<(), email_server::store::StoreError>, tokio::time::error::Elapsed> {
+    let (_tx, rx) = watch::channel(false);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        dispatch::run(store, transport, settings(), Arc::new(Notify::new()), rx),
+    )
+    .await
+}
+
 async fn show(
     c: &Case,
     id: email::EmailId,
@@ -790,21 +804,11 @@ async fn a_file_migrated_by_a_newer_build_stops_the_dispatcher_with_a_clear_erro
         .execute(db.pool())
         .await
         .expect("migrate as a newer build");
-    let (_tx, rx) = watch::channel(false);
-    let ended = tokio::time::timeout(
-        Duration::from_secs(10),
-        dispatch::run(
-            c.store.clone(),
-            transport(server.addr()),
-            settings(),
-            Arc::new(Notify::new()),
-            rx,
-        ),
-    )
-    .await
-    .expect("the dispatcher stops by itself");
-    let e = ended.expect_err("a newer schema is fatal");
-    let text = e.to_string();
+    let ended = dispatch_until_it_stops(c.store.clone(), transport(server.addr())).await;
+    let text = ended
+        .expect("the dispatcher stops by itself")
+        .expect_err("a newer schema is fatal")
+        .to_string();
     assert!(
         text.contains("schema version 99") && text.contains("restart"),
         "{text}"
@@ -863,18 +867,7 @@ async fn a_postgres_schema_migrated_by_a_newer_build_stops_the_dispatcher() {
     .await
     .expect("migrate as a newer build");
     let server = FaultServer::start(Behaviour::new()).await;
-    let (_tx, rx) = watch::channel(false);
-    let ended = tokio::time::timeout(
-        Duration::from_secs(10),
-        dispatch::run(
-            store,
-            transport(server.addr()),
-            settings(),
-            Arc::new(Notify::new()),
-            rx,
-        ),
-    )
-    .await;
+    let ended = dispatch_until_it_stops(store, transport(server.addr())).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&mut conn)
         .await

@@ -35,6 +35,15 @@ async fn row(mailer: &Mailer, id: email::EmailId) -> sqlx::sqlite::SqliteRow {
     .expect("row")
 }
 
+/// The database's write-turn lock file, opened as another process would
+/// (an open file description of its own, so its `flock` excludes ours).
+fn turn_elsewhere(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(email::queue::Embedded::lock_file(path))
+        .expect("lock file")
+}
+
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
@@ -435,10 +444,7 @@ async fn an_insert_waits_for_a_turn_held_elsewhere_and_goes_on_when_it_ends() {
     let path = db_path("turn");
     let mailer = Mailer::embedded(&path).await.expect("open");
     mailer.enqueue(&email()).await.expect("first");
-    let lock = std::fs::OpenOptions::new()
-        .write(true)
-        .open(email::queue::Embedded::lock_file(&path))
-        .expect("lock file");
+    let lock = turn_elsewhere(&path);
     for round in 0..3 {
         lock.lock().expect("take the turn");
         let m = mailer.clone();
@@ -493,10 +499,7 @@ async fn an_email_refused_in_a_shared_commit_fails_alone() {
     };
     // Holding the write turn makes the writer wait with the first email,
     // while the others pile up for its next commit, together.
-    let lock = std::fs::OpenOptions::new()
-        .write(true)
-        .open(email::queue::Embedded::lock_file(&path))
-        .expect("lock file");
+    let lock = turn_elsewhere(&path);
     lock.lock().expect("take the turn");
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..16 {
@@ -537,10 +540,7 @@ async fn a_turn_held_for_good_elsewhere_delays_an_insert_by_the_turn_wait() {
     let path = db_path("stuck-turn");
     let mailer = Mailer::embedded(&path).await.expect("open");
     mailer.enqueue(&email()).await.expect("first");
-    let lock = std::fs::OpenOptions::new()
-        .write(true)
-        .open(email::queue::Embedded::lock_file(&path))
-        .expect("lock file");
+    let lock = turn_elsewhere(&path);
     lock.lock().expect("take the turn");
     let started = Instant::now();
     let id = tokio::time::timeout(Duration::from_secs(20), mailer.enqueue(&email()))
@@ -556,10 +556,7 @@ async fn a_turn_held_for_good_elsewhere_delays_an_insert_by_the_turn_wait() {
     lock.unlock().expect("let go");
     // The writer's late lock is not kept: another holder gets it at once.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let other = std::fs::OpenOptions::new()
-        .write(true)
-        .open(email::queue::Embedded::lock_file(&path))
-        .expect("lock file");
+    let other = turn_elsewhere(&path);
     other.try_lock().expect("the turn is free again");
     other.unlock().expect("let go");
     let quick = Instant::now();

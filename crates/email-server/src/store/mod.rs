@@ -332,7 +332,8 @@ impl Store {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        delegate!(self, s => s.claim(owner, limit, now, lease_ms).await)
+        let claimed = delegate!(self, s => s.claim(owner, limit, now, lease_ms).await);
+        self.explained(claimed).await
     }
     /// Records an attempt and moves the email on, unless its lease was
     /// taken over (then only the attempt is kept). Returns whether the
@@ -364,7 +365,24 @@ impl Store {
     /// the dispatcher's group commit. Returns, for each, whether the email
     /// was updated (false: its lease had been taken over).
     pub async fn record_many(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
-        delegate!(self, s => s.record_many(items).await)
+        let updated = delegate!(self, s => s.record_many(items).await);
+        self.explained(updated).await
+    }
+
+    /// `result`, or, if it failed in the database and a newer build has
+    /// migrated the store meanwhile, [`StoreError::NewerSchema`], which says
+    /// what to do instead of the database's "no such column". Asked only
+    /// after a failure: the check is one query.
+    async fn explained<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Err(e @ (StoreError::Db(_) | StoreError::Sqlite(_))) => {
+                match delegate!(self, s => s.newer_schema().await) {
+                    Some((found, known)) => Err(StoreError::NewerSchema { found, known }),
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
     }
     /// Extends every claim `owner` holds to `until` (Unix ms): the
     /// dispatcher's heartbeat, so that a slow attempt or one waiting for a

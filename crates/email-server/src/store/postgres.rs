@@ -205,32 +205,13 @@ impl PostgresStore {
         Ok(ids)
     }
 
-    /// `e`, or, if a newer build has migrated the schema meanwhile,
-    /// [`StoreError::NewerSchema`], which says what to do.
-    async fn explain(&self, e: StoreError) -> StoreError {
-        if !matches!(e, StoreError::Db(_)) {
-            return e;
-        }
-        match migrate::newer(&self.pool).await {
-            Some((found, known)) => StoreError::NewerSchema { found, known },
-            None => e,
-        }
+    /// The schema's version and this build's, if a newer build has
+    /// migrated it past what this build knows.
+    pub(crate) async fn newer_schema(&self) -> Option<(i64, usize)> {
+        migrate::newer(&self.pool).await
     }
 
     pub(crate) async fn claim(
-        &self,
-        owner: &str,
-        limit: usize,
-        now: i64,
-        lease_ms: i64,
-    ) -> Result<Vec<Claimed>, StoreError> {
-        match self.claim_now(owner, limit, now, lease_ms).await {
-            Ok(claimed) => Ok(claimed),
-            Err(e) => Err(self.explain(e).await),
-        }
-    }
-
-    async fn claim_now(
         &self,
         owner: &str,
         limit: usize,
@@ -319,13 +300,6 @@ impl PostgresStore {
     }
 
     pub(crate) async fn record_many(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
-        match self.record_now(items).await {
-            Ok(updated) => Ok(updated),
-            Err(e) => Err(self.explain(e).await),
-        }
-    }
-
-    async fn record_now(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut updated = Vec::with_capacity(items.len());
         for item in items {

@@ -63,36 +63,14 @@ impl SqliteStore {
         self.db.pool()
     }
 
-    /// `e`, or, if the file's schema is newer than this build's (a newer
-    /// build migrated it meanwhile), [`StoreError::NewerSchema`], which
-    /// says what to do instead of SQLite's "no such column".
-    async fn explain(&self, e: StoreError) -> StoreError {
-        if !matches!(e, StoreError::Db(_) | StoreError::Sqlite(_)) {
-            return e;
-        }
-        match self.db.newer_schema().await {
-            Some(found) => StoreError::NewerSchema {
-                found,
-                known: Embedded::schema_version(),
-            },
-            None => e,
-        }
+    /// The file's schema version and this build's, if a newer build has
+    /// migrated it past what this build knows.
+    pub(crate) async fn newer_schema(&self) -> Option<(i64, usize)> {
+        let found = self.db.newer_schema().await?;
+        Some((found, Embedded::schema_version()))
     }
 
     pub(crate) async fn claim(
-        &self,
-        owner: &str,
-        limit: usize,
-        now: i64,
-        lease_ms: i64,
-    ) -> Result<Vec<Claimed>, StoreError> {
-        match self.claim_now(owner, limit, now, lease_ms).await {
-            Ok(claimed) => Ok(claimed),
-            Err(e) => Err(self.explain(e).await),
-        }
-    }
-
-    async fn claim_now(
         &self,
         owner: &str,
         limit: usize,
@@ -109,13 +87,6 @@ impl SqliteStore {
     }
 
     pub(crate) async fn record_many(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
-        match self.record_now(items).await {
-            Ok(updated) => Ok(updated),
-            Err(e) => Err(self.explain(e).await),
-        }
-    }
-
-    async fn record_now(&self, items: &[Completion]) -> Result<Vec<bool>, StoreError> {
         // On the writer thread, with statements of its own: one hand-off
         // there and one back for the whole batch, where through sqlx every
         // statement (and each pragma) is a round trip to its connection's

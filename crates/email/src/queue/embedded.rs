@@ -338,7 +338,8 @@ impl Embedded {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let reply = self.hand_over(batch.to_vec()).await?;
+        let (message, reply) = writer::Message::insert(batch.to_vec());
+        self.hand_over(message).await?;
         reply.await.unwrap_or_else(|_| {
             Err(QueueError::Write(
                 "the writer thread stopped before replying; the emails may or may not be stored"
@@ -347,24 +348,21 @@ impl Embedded {
         })
     }
 
-    /// Gives `emails` to the writer thread, starting it if it has not
+    /// Gives `message` to the writer thread, starting it if it has not
     /// started or has stopped.
-    async fn hand_over(
-        &self,
-        mut emails: Vec<Queued>,
-    ) -> Result<oneshot::Receiver<Result<Vec<EmailId>, QueueError>>, QueueError> {
+    async fn hand_over(&self, mut message: writer::Message) -> Result<(), QueueError> {
         let mut writer = self.writer.lock().await;
         for _ in 0..2 {
-            match self.started(&mut writer).await?.send(emails) {
-                Ok(reply) => return Ok(reply),
+            match self.started(&mut writer).await?.send(message) {
+                Ok(()) => return Ok(()),
                 Err(back) => {
-                    emails = back;
+                    message = back;
                     *writer = None;
                 }
             }
         }
         Err(QueueError::Write(
-            "the writer thread stopped at once; the emails were not stored".into(),
+            "the writer thread stopped at once; nothing was stored".into(),
         ))
     }
 
@@ -402,30 +400,10 @@ impl Embedded {
         T: Send + 'static,
     {
         let (reply, done) = oneshot::channel();
-        let mut task: writer::Task = Box::new(move |w: &mut Writing<'_>| {
+        let task: writer::Task = Box::new(move |w: &mut Writing<'_>| {
             reply.send(task(w)).ok();
         });
-        {
-            let mut writer = self.writer.lock().await;
-            let mut sent = false;
-            for _ in 0..2 {
-                match self.started(&mut writer).await?.run(task) {
-                    Ok(()) => {
-                        sent = true;
-                        break;
-                    }
-                    Err(back) => {
-                        task = back;
-                        *writer = None;
-                    }
-                }
-            }
-            if !sent {
-                return Err(QueueError::Write(
-                    "the writer thread stopped at once".into(),
-                ));
-            }
-        }
+        self.hand_over(writer::Message::Run(task)).await?;
         done.await.map_err(|_| {
             QueueError::Write("the writer thread stopped before the task finished".into())
         })
@@ -520,12 +498,12 @@ impl Embedded {
 /// returned unless its work finished (`done`). SQLite rolls back what a
 /// closed connection left open, and releases its locks.
 ///
-/// Needed because a caller may drop a write midway (a timeout around
-/// `enqueue`): sqlx's connection thread stops running a query's remaining
-/// statements once nobody reads their results, so the COMMIT of the
-/// one-query insert (`BEGIN; …; COMMIT`) would never run, and the
-/// connection would go back to the pool inside a transaction, holding the
-/// file's write lock against every other process.
+/// Used by the migration, which runs with foreign keys off inside
+/// `BEGIN IMMEDIATE`: a caller that drops `open` midway (a timeout around
+/// it) must not leave that connection in the pool inside a transaction,
+/// holding the file's write lock against every other process, or with
+/// foreign keys still off. (Inserts no longer go through the pool; see the
+/// `writer` module.)
 struct Checked {
     conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
     done: bool,

@@ -34,7 +34,7 @@ const GATHER: Duration = Duration::from_micros(200);
 
 /// One caller's emails, committed atomically (alone or with others'), and
 /// where the ids go.
-struct Job {
+pub(super) struct Job {
     emails: Vec<Queued>,
     reply: oneshot::Sender<Result<Vec<EmailId>, QueueError>>,
 }
@@ -43,9 +43,19 @@ struct Job {
 pub(super) type Task = Box<dyn FnOnce(&mut Writing<'_>) + Send>;
 
 /// What the thread is sent.
-enum Message {
+pub(super) enum Message {
     Insert(Job),
     Run(Task),
+}
+
+impl Message {
+    /// An insert of `emails`, and where its ids will come.
+    pub(super) fn insert(
+        emails: Vec<Queued>,
+    ) -> (Message, oneshot::Receiver<Result<Vec<EmailId>, QueueError>>) {
+        let (reply, rx) = oneshot::channel();
+        (Message::Insert(Job { emails, reply }), rx)
+    }
 }
 
 /// Where a handle sends its inserts and tasks.
@@ -134,29 +144,10 @@ impl Writer {
         Ok(Writer { jobs })
     }
 
-    /// Hands `emails` to the thread; `Err` gives them back if the thread
+    /// Hands `message` to the thread; `Err` gives it back if the thread
     /// has stopped.
-    pub(super) fn send(
-        &self,
-        emails: Vec<Queued>,
-    ) -> Result<oneshot::Receiver<Result<Vec<EmailId>, QueueError>>, Vec<Queued>> {
-        let (reply, rx) = oneshot::channel();
-        self.jobs
-            .send(Message::Insert(Job { emails, reply }))
-            .map(|()| rx)
-            .map_err(|e| match e.0 {
-                Message::Insert(job) => job.emails,
-                Message::Run(_) => Vec::new(),
-            })
-    }
-
-    /// Hands a task to the thread; `Err` gives it back if the thread has
-    /// stopped.
-    pub(super) fn run(&self, task: Task) -> Result<(), Task> {
-        self.jobs.send(Message::Run(task)).map_err(|e| match e.0 {
-            Message::Run(task) => task,
-            Message::Insert(_) => Box::new(|_: &mut Writing<'_>| {}),
-        })
+    pub(super) fn send(&self, message: Message) -> Result<(), Message> {
+        self.jobs.send(message).map_err(|e| e.0)
     }
 }
 
